@@ -1,0 +1,154 @@
+//! The protocol-1 ops, one file per family, and the runner that gives SQL ops a connection and
+//! a time limit.
+
+pub mod pipeline;
+pub mod session_ops;
+pub mod statements;
+pub mod transaction;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Code, Error};
+use crate::ipc::reply::Reply;
+use crate::ipc::request::{Request, OPS};
+use crate::pg::exec::{bounded, timeout_error, Bounded};
+use crate::upstream::Upstream;
+
+pub use transaction::Tx;
+
+/// A protocol-1 op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Hello,
+    Connect,
+    ConnectPg,
+    Prepare,
+    Query,
+    Execute,
+    Pipeline,
+    Batch,
+    Begin,
+    Commit,
+    Rollback,
+    Ping,
+    Close,
+}
+
+impl Op {
+    pub fn parse(name: &str) -> Result<Op, Error> {
+        Ok(match name {
+            "hello" => Op::Hello,
+            "connect" => Op::Connect,
+            "connect_pg" => Op::ConnectPg,
+            "prepare" => Op::Prepare,
+            "query" => Op::Query,
+            "execute" => Op::Execute,
+            "pipeline" => Op::Pipeline,
+            "batch" => Op::Batch,
+            "begin" => Op::Begin,
+            "commit" => Op::Commit,
+            "rollback" => Op::Rollback,
+            "ping" => Op::Ping,
+            "close" => Op::Close,
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                return Err(Error::new(
+                    Code::UnknownOp,
+                    format!("unknown op \"{shown}\"; ops are: {}", OPS.join(", ")),
+                ));
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::Connect => "connect",
+            Op::ConnectPg => "connect_pg",
+            Op::Prepare => "prepare",
+            Op::Query => "query",
+            Op::Execute => "execute",
+            Op::Pipeline => "pipeline",
+            Op::Batch => "batch",
+            Op::Begin => "begin",
+            Op::Commit => "commit",
+            Op::Rollback => "rollback",
+            Op::Ping => "ping",
+            Op::Close => "close",
+        }
+    }
+
+    /// Ops that run SQL on an upstream.
+    pub fn is_sql(self) -> bool {
+        matches!(self, Op::Prepare | Op::Query | Op::Execute | Op::Pipeline | Op::Batch)
+    }
+
+    /// Ops that may run concurrently with their neighbours (outside a transaction): they do
+    /// not change the session.
+    pub fn is_independent(self) -> bool {
+        self.is_sql() || self == Op::Ping
+    }
+
+    /// Ops allowed before a token-protected session said hello.
+    pub fn needs_no_auth(self) -> bool {
+        matches!(self, Op::Hello | Op::Ping | Op::Close)
+    }
+}
+
+/// Runs a SQL op: on the pinned transaction connection when there is one, else on a connection
+/// borrowed from the pool for this request only. `limit` bounds the work on PostgreSQL.
+pub async fn run_sql(
+    op: Op,
+    up: &Arc<Upstream>,
+    tx: Option<&mut Tx>,
+    req: &Request<'_>,
+    limit: Option<Duration>,
+    reply: &mut Reply,
+) -> Result<(), Error> {
+    if op == Op::Prepare && statements::prepare_cached(up, req, reply)? {
+        return Ok(());
+    }
+    let mut borrowed = None;
+    let (conn, failed) = match tx {
+        Some(tx) => {
+            if !Arc::ptr_eq(&tx.up, up) {
+                return Err(Error::new(Code::Internal, "transaction upstream mismatch"));
+            }
+            let (conn, failed) = tx.parts();
+            (conn, Some(failed))
+        }
+        None => (&mut **borrowed.insert(up.checkout().await?), None),
+    };
+    let in_tx = failed.is_some();
+    let cancel = conn.cancel_token();
+    let work = async {
+        match op {
+            Op::Prepare => statements::prepare(up, conn, req, reply).await,
+            Op::Query => statements::query(up, conn, in_tx, req, reply, true).await,
+            Op::Execute => statements::query(up, conn, in_tx, req, reply, false).await,
+            Op::Pipeline => pipeline::pipeline(up, conn, in_tx, req, reply).await,
+            Op::Batch => pipeline::batch(up, conn, in_tx, req, reply).await,
+            _ => Err(Error::new(Code::Internal, format!("{} is not a SQL op", op.as_str()))),
+        }
+    };
+    let result = match bounded(limit, cancel, work).await {
+        Bounded::Done(result) => result,
+        Bounded::TimedOut { limit, clean } => {
+            if !clean {
+                conn.mark_broken();
+            }
+            Err(timeout_error(limit))
+        }
+    };
+    if let (Err(e), Some(failed)) = (&result, failed) {
+        // Any error PostgreSQL saw inside a transaction may have aborted it; commit checks.
+        if e.db_error().is_some() || e.code() == Code::Timeout.as_str() {
+            *failed = true;
+        }
+    }
+    if result.is_err() {
+        up.count_error();
+    }
+    result
+}

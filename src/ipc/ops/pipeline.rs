@@ -1,0 +1,212 @@
+//! `pipeline` (one statement, many parameter lists) and `batch` (different statements).
+//!
+//! Both convert every parameter list before anything runs, so a bad parameter fails the request
+//! without executing half of it. Without `atomic`, each statement is its own implicit
+//! transaction and all of them run even when one fails; the answer is then the first failure,
+//! with its index and the succeeded/failed counts. With `atomic`, the statements run inside one
+//! transaction (a savepoint when the client already has one open) that a failure rolls back.
+
+use serde_json::value::RawValue;
+use tokio_postgres::Statement;
+
+use crate::error::{BatchPosition, Error};
+use crate::ipc::reply::Reply;
+use crate::ipc::request::{Request, Target};
+use crate::pg::conn::PgConn;
+use crate::pg::exec::{
+    convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields, Outcome,
+};
+use crate::upstream::Upstream;
+use crate::values::TextParam;
+
+use super::statements::missing;
+
+const SAVEPOINT: &str = "qail_atomic";
+
+/// `pipeline`.
+pub async fn pipeline(
+    up: &Upstream,
+    conn: &mut PgConn,
+    in_transaction: bool,
+    req: &Request<'_>,
+    reply: &mut Reply,
+) -> Result<(), Error> {
+    let target = Target::from_fields(&req.sql, &req.handle, "pipeline")?;
+    let batch = req
+        .params_batch
+        .as_ref()
+        .ok_or_else(|| missing("params_batch", "pipeline"))?;
+    if req.params.is_some() {
+        return Err(Error::bad_request(
+            "op \"pipeline\" takes \"params_batch\" (a list of parameter lists), not \"params\"",
+        ));
+    }
+    let count_only = req.count_only.unwrap_or(false);
+    let atomic = req.atomic.unwrap_or(false);
+    let (entry, mut stmt) = prepare_on(up, conn, target).await?;
+    let mut texts = convert_all(&stmt, batch)?;
+
+    open_atomic(conn, atomic, in_transaction).await?;
+    let mut results = run_pipelined(&conn.client, &stmt, &texts, !count_only).await;
+    let all_stale = !results.is_empty()
+        && results
+            .iter()
+            .all(|r| r.as_ref().err().is_some_and(Error::is_stale_statement));
+    if all_stale && !in_transaction && !atomic {
+        conn.forget(entry.id);
+        stmt = conn.statement(&entry).await?;
+        entry.set_shape(crate::catalog::Shape::of(&stmt));
+        texts = convert_all(&stmt, batch)?;
+        results = run_pipelined(&conn.client, &stmt, &texts, !count_only).await;
+    }
+    let failure = first_failure(conn, &mut results);
+    close_atomic(conn, atomic, in_transaction, failure.is_none()).await?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+
+    if count_only {
+        reply.int_field("count", results.len() as u64);
+        return Ok(());
+    }
+    let mut columns = Vec::with_capacity(64);
+    write_columns(&mut columns, stmt.columns());
+    let out = reply.key("results");
+    out.reserve(results.len() * (columns.len() + 48));
+    out.push(b'[');
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        if let Ok(outcome) = r {
+            write_query_fields(out, &columns, &entry, outcome)?;
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// `batch`.
+pub async fn batch(
+    up: &Upstream,
+    conn: &mut PgConn,
+    in_transaction: bool,
+    req: &Request<'_>,
+    reply: &mut Reply,
+) -> Result<(), Error> {
+    let specs = req
+        .statements
+        .as_ref()
+        .ok_or_else(|| missing("statements", "batch"))?;
+    if req.sql.is_some() || req.handle.is_some() || req.params.is_some() {
+        return Err(Error::bad_request(
+            "op \"batch\" takes \"statements\" (a list of {sql or handle, params}); use \"query\" for one statement",
+        ));
+    }
+    let atomic = req.atomic.unwrap_or(false);
+    let mut work = Vec::with_capacity(specs.len());
+    let mut entries = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.iter().enumerate() {
+        let prepared = async {
+            let target = Target::from_fields(&spec.sql, &spec.handle, "batch")?;
+            let (entry, stmt) = prepare_on(up, conn, target).await?;
+            let params = convert_params(&stmt, spec.params.as_deref().unwrap_or(&[]))?;
+            Ok::<_, Error>((entry, stmt, params))
+        }
+        .await
+        .map_err(|e| at(index, 0, 1, e))?;
+        let (entry, stmt, params) = prepared;
+        entries.push(entry);
+        work.push((stmt, params));
+    }
+
+    open_atomic(conn, atomic, in_transaction).await?;
+    let mut results = run_statements(&conn.client, &work, true).await;
+    let failure = first_failure(conn, &mut results);
+    close_atomic(conn, atomic, in_transaction, failure.is_none()).await?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+
+    let out = reply.key("results");
+    out.push(b'[');
+    let mut columns = Vec::with_capacity(64);
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        if let Ok(outcome) = r {
+            columns.clear();
+            write_columns(&mut columns, work[i].0.columns());
+            write_query_fields(out, &columns, &entries[i], outcome)?;
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    if !in_transaction && entries.iter().any(|e| e.class.leaves_session_state) {
+        conn.reset_session().await?;
+    }
+    Ok(())
+}
+
+/// Every parameter list converted for `stmt`; the first bad one fails the whole request.
+fn convert_all(stmt: &Statement, batch: &[Vec<&RawValue>]) -> Result<Vec<Vec<TextParam>>, Error> {
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, params)| convert_params(stmt, params).map_err(|e| at(i, 0, 1, e)))
+        .collect()
+}
+
+fn at(index: usize, succeeded: usize, failed: usize, inner: Error) -> Error {
+    Error::InBatch {
+        at: BatchPosition {
+            index,
+            succeeded,
+            failed,
+        },
+        inner: Box::new(inner),
+    }
+}
+
+/// The first failed result as an [`Error::InBatch`], taking it out of `results`; marks the
+/// connection broken if PostgreSQL went away.
+fn first_failure(conn: &mut PgConn, results: &mut [Result<Outcome, Error>]) -> Option<Error> {
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed == 0 {
+        return None;
+    }
+    let index = results.iter().position(Result::is_err)?;
+    let succeeded = results.len() - failed;
+    let inner = std::mem::replace(&mut results[index], Ok(Outcome::default())).err()?;
+    if inner.is_disconnect() {
+        conn.mark_broken();
+    }
+    Some(at(index, succeeded, failed, inner))
+}
+
+async fn open_atomic(conn: &mut PgConn, atomic: bool, in_transaction: bool) -> Result<(), Error> {
+    match (atomic, in_transaction) {
+        (false, _) => Ok(()),
+        (true, false) => Ok(conn.client.batch_execute("BEGIN").await?),
+        (true, true) => Ok(conn.client.batch_execute(&format!("SAVEPOINT {SAVEPOINT}")).await?),
+    }
+}
+
+async fn close_atomic(conn: &mut PgConn, atomic: bool, in_transaction: bool, success: bool) -> Result<(), Error> {
+    let sql = match (atomic, in_transaction, success) {
+        (false, _, _) => return Ok(()),
+        (true, false, true) => "COMMIT".to_string(),
+        (true, false, false) => "ROLLBACK".to_string(),
+        (true, true, true) => format!("RELEASE SAVEPOINT {SAVEPOINT}"),
+        (true, true, false) => format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
+    };
+    let result = conn.client.batch_execute(&sql).await;
+    if result.is_err() {
+        conn.mark_broken();
+    }
+    Ok(result?)
+}

@@ -1,0 +1,347 @@
+//! Running statements on one PostgreSQL connection and writing their results as JSON.
+//!
+//! Every statement goes through the upstream's catalogue (by SQL text or by handle) and the
+//! connection's lazily prepared copy. Many executions on one connection are *pipelined*: all
+//! requests are issued before the first answer is awaited (tokio-postgres sends concurrently
+//! polled queries back to back), each with its own Sync, so outside a transaction they are
+//! independent. Rows are encoded from PostgreSQL's binary values straight into the response
+//! buffer — no intermediate JSON tree.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesOrdered, StreamExt, TryStreamExt};
+use serde_json::value::RawValue;
+use tokio_postgres::{Client, Column, NoTls, Row, Statement};
+
+use crate::catalog::{Entry, Shape};
+use crate::error::{Code, Error};
+use crate::ipc::request::Target;
+use crate::pg::conn::PgConn;
+use crate::upstream::Upstream;
+use crate::values::{param_text, type_name, write_json_str, write_value, RawCell, TextParam};
+
+/// How long a cancelled statement may take to wind down before its connection is discarded.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// The catalogue entry a request names, if the catalogue has it. A handle that is not there is
+/// an error; SQL that is not there is `None` (it will be prepared).
+pub fn lookup(up: &Upstream, target: Target<'_>) -> Result<Option<Arc<Entry>>, Error> {
+    match target {
+        Target::Handle(h) => up.catalog.get_by_handle(h).map(Some).ok_or_else(|| {
+            Error::new(
+                Code::UnknownHandle,
+                format!(
+                    "unknown statement handle \"{h}\" for upstream \"{}\" (evicted, from another upstream, or from before a daemon restart): prepare the SQL again",
+                    up.name()
+                ),
+            )
+        }),
+        Target::Sql(sql) => {
+            refuse_transaction_control(sql)?;
+            Ok(up.catalog.get_by_sql(sql))
+        }
+    }
+}
+
+fn refuse_transaction_control(sql: &str) -> Result<(), Error> {
+    let class = crate::sql::classify(sql);
+    if class.transaction_control {
+        return Err(Error::bad_request(format!(
+            "{} is transaction control: use the begin, commit and rollback ops so the daemon keeps the transaction on one connection",
+            class.verb
+        )));
+    }
+    Ok(())
+}
+
+/// The catalogue entry and this connection's prepared statement for `target`.
+pub async fn prepare_on(
+    up: &Upstream,
+    conn: &mut PgConn,
+    target: Target<'_>,
+) -> Result<(Arc<Entry>, Statement), Error> {
+    match (lookup(up, target)?, target) {
+        (Some(entry), _) => {
+            let stmt = conn.statement(&entry).await?;
+            Ok((entry, stmt))
+        }
+        (None, Target::Sql(sql)) => {
+            let stmt = conn.client.prepare(sql).await?;
+            let entry = up.catalog.insert(sql, Shape::of(&stmt));
+            conn.adopt(&entry, stmt.clone());
+            Ok((entry, stmt))
+        }
+        (None, Target::Handle(_)) => Err(Error::new(Code::Internal, "handle lookup returned nothing")),
+    }
+}
+
+/// Turns JSON parameters into text parameters for `stmt`.
+pub fn convert_params(stmt: &Statement, raw: &[&RawValue]) -> Result<Vec<TextParam>, Error> {
+    let types = stmt.params();
+    if types.len() != raw.len() {
+        return Err(Error::new(
+            Code::BadParameter,
+            format!(
+                "the statement takes {} parameter{}, got {}",
+                types.len(),
+                if types.len() == 1 { "" } else { "s" },
+                raw.len()
+            ),
+        ));
+    }
+    types
+        .iter()
+        .zip(raw)
+        .enumerate()
+        .map(|(i, (ty, value))| {
+            param_text(value, ty).map_err(|e| {
+                Error::new(
+                    Code::BadParameter,
+                    format!("parameter ${} ({}): {e}", i + 1, type_name(ty)),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Rows (unless not kept) and the affected-row count of one execution.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub rows: Vec<Row>,
+    pub affected: u64,
+}
+
+async fn run_raw(
+    client: &Client,
+    stmt: &Statement,
+    params: &[TextParam],
+    keep_rows: bool,
+) -> Result<Outcome, tokio_postgres::Error> {
+    let stream = client.query_raw(stmt, params.iter()).await?;
+    let mut stream = pin!(stream);
+    let mut rows = Vec::new();
+    let mut seen = 0u64;
+    while let Some(row) = stream.try_next().await? {
+        seen += 1;
+        if keep_rows {
+            rows.push(row);
+        }
+    }
+    let affected = stream.rows_affected().unwrap_or(seen);
+    Ok(Outcome { rows, affected })
+}
+
+/// Runs one statement once. Outside a transaction a stale prepared statement (schema change) is
+/// prepared again and the statement retried once; inside one, PostgreSQL has already aborted
+/// the transaction, so the error is returned (the next use re-prepares).
+pub async fn run_one(
+    up: &Upstream,
+    conn: &mut PgConn,
+    target: Target<'_>,
+    params: &[&RawValue],
+    keep_rows: bool,
+    in_transaction: bool,
+) -> Result<(Arc<Entry>, Statement, Outcome), Error> {
+    let (entry, stmt) = prepare_on(up, conn, target).await?;
+    let text = convert_params(&stmt, params)?;
+    match run_raw(&conn.client, &stmt, &text, keep_rows).await {
+        Ok(outcome) => Ok((entry, stmt, outcome)),
+        Err(e) => {
+            let e = Error::from(e);
+            if !e.is_stale_statement() {
+                if e.is_disconnect() {
+                    conn.mark_broken();
+                }
+                return Err(e);
+            }
+            conn.forget(entry.id);
+            if in_transaction {
+                return Err(e);
+            }
+            tracing::debug!(handle = %entry.handle, "statement went stale; preparing again");
+            let stmt = conn.statement(&entry).await?;
+            entry.set_shape(Shape::of(&stmt));
+            let text = convert_params(&stmt, params)?;
+            let outcome = run_raw(&conn.client, &stmt, &text, keep_rows)
+                .await
+                .map_err(|e| after_failure(conn, e))?;
+            Ok((entry, stmt, outcome))
+        }
+    }
+}
+
+fn after_failure(conn: &mut PgConn, e: tokio_postgres::Error) -> Error {
+    let e = Error::from(e);
+    if e.is_disconnect() {
+        conn.mark_broken();
+    }
+    e
+}
+
+/// Runs `stmt` once per parameter list, pipelined on this connection, answers in order.
+pub async fn run_pipelined(
+    client: &Client,
+    stmt: &Statement,
+    params: &[Vec<TextParam>],
+    keep_rows: bool,
+) -> Vec<Result<Outcome, Error>> {
+    let mut pending: FuturesOrdered<_> = params
+        .iter()
+        .map(|p| async move { run_raw(client, stmt, p, keep_rows).await.map_err(Error::from) })
+        .collect();
+    let mut results = Vec::with_capacity(params.len());
+    while let Some(r) = pending.next().await {
+        results.push(r);
+    }
+    results
+}
+
+/// Runs different statements, pipelined on this connection, answers in order.
+pub async fn run_statements(
+    client: &Client,
+    work: &[(Statement, Vec<TextParam>)],
+    keep_rows: bool,
+) -> Vec<Result<Outcome, Error>> {
+    let mut pending: FuturesOrdered<_> = work
+        .iter()
+        .map(|(stmt, p)| async move { run_raw(client, stmt, p, keep_rows).await.map_err(Error::from) })
+        .collect();
+    let mut results = Vec::with_capacity(work.len());
+    while let Some(r) = pending.next().await {
+        results.push(r);
+    }
+    results
+}
+
+/// Result of running a future under a request timeout.
+pub enum Bounded<T> {
+    Done(Result<T, Error>),
+    /// The timeout expired and the statement was cancelled. `clean` is false when the
+    /// connection did not settle within the grace period and must be discarded.
+    TimedOut { limit: Duration, clean: bool },
+}
+
+/// Runs `work` (which uses the connection whose cancel token is given) with an optional time
+/// limit. On expiry a cancel request is sent to PostgreSQL and the work is allowed to wind down,
+/// so the connection is idle again (or known broken) before anyone reuses it.
+pub async fn bounded<T>(
+    limit: Option<Duration>,
+    cancel: tokio_postgres::CancelToken,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Bounded<T> {
+    let Some(limit) = limit else {
+        return Bounded::Done(work.await);
+    };
+    let mut work = pin!(work);
+    match tokio::time::timeout(limit, work.as_mut()).await {
+        Ok(result) => Bounded::Done(result),
+        Err(_) => {
+            if let Err(e) = cancel.cancel_query(NoTls).await {
+                tracing::warn!(error = %e, "could not send a cancel request to PostgreSQL");
+            }
+            let clean = tokio::time::timeout(CANCEL_GRACE, work).await.is_ok();
+            Bounded::TimedOut { limit, clean }
+        }
+    }
+}
+
+/// The error a timed-out request answers with.
+pub fn timeout_error(limit: Duration) -> Error {
+    Error::new(
+        Code::Timeout,
+        format!("request cancelled after {} ms", limit.as_millis()),
+    )
+}
+
+/// `[{"name":..,"type":..},...]` for result columns.
+pub fn write_columns(out: &mut Vec<u8>, columns: &[Column]) {
+    out.push(b'[');
+    for (i, c) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        write_json_str(out, c.name());
+        out.extend_from_slice(b",\"type\":");
+        write_json_str(out, type_name(c.type_()));
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// `[[v, v], [v, v]]` for rows, values encoded by column type.
+pub fn write_rows(out: &mut Vec<u8>, rows: &[Row]) -> Result<(), Error> {
+    out.push(b'[');
+    for (r, row) in rows.iter().enumerate() {
+        if r > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (i, col) in row.columns().iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let cell: RawCell<'_> = row.try_get(i).map_err(|e| {
+                Error::new(Code::Internal, format!("cannot read column {}: {e}", col.name()))
+            })?;
+            write_value(out, col.type_(), cell.0).map_err(|e| {
+                Error::new(
+                    Code::Internal,
+                    format!("cannot encode column \"{}\" ({}): {e}", col.name(), type_name(col.type_())),
+                )
+            })?;
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// `,"columns":..,"rows":..,"command":..,"rows_affected":..` for one query result.
+/// `columns_json` is the pre-encoded column list (shared by all results of a pipeline).
+pub fn write_query_fields(
+    out: &mut Vec<u8>,
+    columns_json: &[u8],
+    entry: &Entry,
+    outcome: &Outcome,
+) -> Result<(), Error> {
+    out.extend_from_slice(b"\"columns\":");
+    out.extend_from_slice(columns_json);
+    out.extend_from_slice(b",\"rows\":");
+    write_rows(out, &outcome.rows)?;
+    out.extend_from_slice(b",\"command\":");
+    write_json_str(out, &entry.class.tag(outcome.affected));
+    out.extend_from_slice(b",\"rows_affected\":");
+    out.extend_from_slice(itoa::Buffer::new().format(outcome.affected).as_bytes());
+    Ok(())
+}
+
+/// `["int4","text"]` for parameter types.
+pub fn write_type_names(out: &mut Vec<u8>, types: &[tokio_postgres::types::Type]) {
+    out.push(b'[');
+    for (i, t) in types.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, type_name(t));
+    }
+    out.push(b']');
+}
+
+/// `[{"name":..,"type":..}]` from a catalogue shape.
+pub fn write_shape_columns(out: &mut Vec<u8>, columns: &[(String, tokio_postgres::types::Type)]) {
+    out.push(b'[');
+    for (i, (name, ty)) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        write_json_str(out, name);
+        out.extend_from_slice(b",\"type\":");
+        write_json_str(out, type_name(ty));
+        out.push(b'}');
+    }
+    out.push(b']');
+}

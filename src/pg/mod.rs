@@ -1,0 +1,4 @@
+//! PostgreSQL side: pooled connections (`conn`) and statement execution (`exec`).
+
+pub mod conn;
+pub mod exec;

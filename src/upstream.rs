@@ -1,0 +1,234 @@
+//! One upstream database: its bb8 pool, its statement catalogue, its health state, and the
+//! worker task that watches it.
+//!
+//! The pool is built without connecting, so the daemon starts even when PostgreSQL is down; the
+//! worker's health loop finds out and flips the state. While an upstream is known to be down,
+//! requests fail at once with `upstream_unavailable` instead of waiting out the checkout timeout.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bb8::{Pool, PooledConnection, RunError};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{HandleGen, StatementCache};
+use crate::config::UpstreamConfig;
+use crate::error::{Code, Error};
+use crate::pg::conn::{describe_connect_error, PgManager};
+
+/// A connection checked out of an upstream's pool, owned (not borrowed from the pool).
+pub type Checkout = PooledConnection<'static, PgManager>;
+
+/// Health as last observed by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+/// Pool figures for stats.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStats {
+    pub name: String,
+    pub health: Health,
+    pub size: u32,
+    pub idle: u32,
+    pub in_use: u32,
+    pub max: u32,
+    pub checkouts: u64,
+    pub checkout_timeouts: u64,
+    pub errors: u64,
+}
+
+/// One pooled upstream database.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub catalog: StatementCache,
+    manager: PgManager,
+    pool: Pool<PgManager>,
+    health: AtomicU8,
+    errors: AtomicU64,
+    /// Cancelled when the upstream is removed or the daemon stops.
+    pub cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.config.name)
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Builds the pool (without connecting) and the catalogue.
+    pub fn new(
+        config: UpstreamConfig,
+        catalog_capacity: usize,
+        handles: Arc<HandleGen>,
+        cancel: CancellationToken,
+    ) -> Arc<Upstream> {
+        let manager = PgManager::new(&config, catalog_capacity);
+        let pool = Pool::builder()
+            .max_size(config.pool_max)
+            .min_idle(Some(config.pool_min_idle))
+            .connection_timeout(config.checkout_timeout())
+            .test_on_check_out(false)
+            .retry_connection(false)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .build_unchecked(manager.clone());
+        Arc::new(Upstream {
+            catalog: StatementCache::new(catalog_capacity, handles),
+            manager,
+            pool,
+            health: AtomicU8::new(0),
+            errors: AtomicU64::new(0),
+            cancel,
+            config,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    fn set_health(&self, h: Health) -> Health {
+        let v = match h {
+            Health::Unknown => 0,
+            Health::Up => 1,
+            Health::Down => 2,
+        };
+        Health::from_u8(self.health.swap(v, Ordering::Relaxed))
+    }
+
+    /// Counts a failed request against this upstream (for stats).
+    pub fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Borrows a pooled connection for one request or one transaction.
+    pub async fn checkout(&self) -> Result<Checkout, Error> {
+        if self.health() == Health::Down {
+            if let Some(reason) = self.manager.recent_error(Duration::from_secs(30)) {
+                return Err(self.unavailable(&reason));
+            }
+        }
+        match self.pool.get_owned().await {
+            Ok(conn) => Ok(conn),
+            Err(RunError::User(e)) => Err(self.unavailable(&describe_connect_error(&e))),
+            Err(RunError::TimedOut) => {
+                let window = self.config.checkout_timeout() + self.config.connect_timeout();
+                match self.manager.recent_error(window) {
+                    Some(reason) => Err(self.unavailable(&reason)),
+                    None => Err(Error::new(
+                        Code::PoolTimeout,
+                        format!(
+                            "no connection to \"{}\" became free within {} ms (pool_max {})",
+                            self.config.name, self.config.checkout_timeout_ms, self.config.pool_max
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn unavailable(&self, reason: &str) -> Error {
+        Error::new(
+            Code::UpstreamUnavailable,
+            format!("upstream \"{}\" is unavailable: {reason}", self.config.name),
+        )
+    }
+
+    /// Opens a connection outside the pool (credential checks for `connect_pg`).
+    pub async fn probe(&self) -> Result<(), tokio_postgres::Error> {
+        self.manager.open().await.map(drop)
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = self.pool.state();
+        PoolStats {
+            name: self.config.name.clone(),
+            health: self.health(),
+            size: state.connections,
+            idle: state.idle_connections,
+            in_use: state.connections.saturating_sub(state.idle_connections),
+            max: self.config.pool_max,
+            checkouts: state.statistics.get_started,
+            checkout_timeouts: state.statistics.get_timed_out,
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One health check: a pooled connection answers an empty query.
+    async fn check(&self) -> Result<(), String> {
+        let limit = self.config.connect_timeout() + Duration::from_millis(500);
+        let attempt = async {
+            let conn = self.pool.get().await.map_err(|e| match e {
+                RunError::User(e) => describe_connect_error(&e),
+                RunError::TimedOut => self
+                    .manager
+                    .recent_error(limit * 2)
+                    .unwrap_or_else(|| "timed out waiting for a connection".into()),
+            })?;
+            conn.client
+                .simple_query("")
+                .await
+                .map(drop)
+                .map_err(|e| describe_connect_error(&e))
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(self
+                .manager
+                .recent_error(limit * 2)
+                .unwrap_or_else(|| format!("no answer within {} ms", limit.as_millis()))),
+        }
+    }
+
+    /// The worker loop: health checks until cancelled. Runs under the supervisor, which
+    /// restarts it if it ever panics.
+    pub async fn run_worker(self: Arc<Self>) {
+        loop {
+            let result = self.check().await;
+            let now = if result.is_ok() { Health::Up } else { Health::Down };
+            let before = self.set_health(now);
+            match (&result, before) {
+                (Ok(()), Health::Up) => {}
+                (Ok(()), _) => tracing::info!(upstream = %self.config.name, "upstream is up"),
+                (Err(reason), Health::Down) => {
+                    tracing::debug!(upstream = %self.config.name, %reason, "upstream still down")
+                }
+                (Err(reason), _) => {
+                    tracing::warn!(upstream = %self.config.name, %reason, "upstream is down; retrying every second")
+                }
+            }
+            let wait = match now {
+                Health::Up => self.config.health_interval(),
+                _ => self.config.health_interval().min(Duration::from_secs(1)),
+            };
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Fault tests: each has a PostgreSQL cluster of its own that it stops and starts under a
+//! running daemon.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{base_config, temp_dir, PgCluster, RawClient, TestDaemon};
+
+/// Error codes a daemon may give while PostgreSQL is unreachable.
+const UNAVAILABLE: [&str; 2] = ["upstream_unavailable", "pool_timeout"];
+
+/// Runs blocking cluster control off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("cluster control panicked")
+}
+
+/// Repeats `SELECT 1` until it succeeds (at most 30 s); returns the errors seen meanwhile.
+async fn query_until_ok(c: &mut RawClient) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut errors = Vec::new();
+    loop {
+        let r = c
+            .call(json!({"op": "query", "sql": "SELECT 1 AS up"}))
+            .await;
+        if r["ok"] == json!(true) {
+            assert_eq!(r["rows"], json!([[1]]));
+            return errors;
+        }
+        errors.push(r["error"].clone());
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not recover within 30 s; errors: {errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn config_for(cluster: &PgCluster, dir: &tempfile::TempDir) -> qail_daemon::config::Config {
+    let mut cfg = base_config(cluster, "postgres", &dir.path().join("qail.sock"));
+    cfg.upstreams[0].connect_timeout_ms = 1000;
+    cfg.upstreams[0].checkout_timeout_ms = 1500;
+    cfg.upstreams[0].health_interval_ms = 200;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_while_postgresql_is_down_serves_once_it_is_up() {
+    let mut cluster = blocking(PgCluster::start_private).await;
+    let cluster_port = cluster.port();
+    cluster = blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await;
+
+    let dir = temp_dir();
+    let cfg = config_for(&cluster, &dir);
+    let daemon = TestDaemon::start_config(cfg, dir).await;
+    let mut c = daemon.connected().await;
+    let started = Instant::now();
+    let r = c.call(json!({"op": "query", "sql": "SELECT 1"})).await;
+    assert_eq!(r["ok"], json!(false), "PostgreSQL is down: {r}");
+    let code = r["error"]["code"].as_str().unwrap_or_default().to_string();
+    assert!(UNAVAILABLE.contains(&code.as_str()), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the failure came after {:?}",
+        started.elapsed()
+    );
+
+    let mut cluster = blocking(move || {
+        cluster.start().expect("restart the private cluster");
+        cluster
+    })
+    .await;
+    assert_eq!(cluster.port(), cluster_port, "the cluster kept its port");
+    cluster.wait_ready().await;
+    query_until_ok(&mut c).await;
+    daemon.shutdown().await;
+    blocking(move || drop(cluster)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_is_survived() {
+    let cluster = blocking(PgCluster::start_private).await;
+    cluster.wait_ready().await;
+    let dir = temp_dir();
+    let cfg = config_for(&cluster, &dir);
+    let daemon = TestDaemon::start_config(cfg, dir).await;
+    let mut c = daemon.connected().await;
+    let handle = c.prepare("SELECT 40 + $1::int AS n").await;
+    let r = c
+        .call_ok(json!({"op": "query", "handle": handle, "params": [2]}))
+        .await;
+    assert_eq!(r["rows"], json!([[42]]));
+
+    let mut cluster = cluster;
+    cluster = blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await;
+    cluster.wait_ready().await;
+
+    let errors = query_until_ok(&mut c).await;
+    for e in &errors {
+        let code = e["code"].as_str().unwrap_or_default();
+        assert!(
+            UNAVAILABLE.contains(&code),
+            "while reconnecting only unavailability errors are expected: {e}"
+        );
+    }
+    // Statements are prepared again on the new connections; the handle still works.
+    let r = c
+        .call_ok(json!({"op": "query", "handle": handle, "params": [3]}))
+        .await;
+    assert_eq!(r["rows"], json!([[43]]));
+    daemon.shutdown().await;
+    blocking(move || drop(cluster)).await;
+}

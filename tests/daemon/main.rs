@@ -1,0 +1,18 @@
+//! Integration tests: a real PostgreSQL cluster (one per test binary, started lazily by
+//! `support::PgCluster`), the real daemon bound in-process on a temporary socket, and a raw
+//! protocol-1 client talking over that socket. Every test gets its own database; fault tests
+//! get their own cluster.
+//!
+//! One binary on purpose: one cluster per `cargo test`, which keeps the suite quick on two cores.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod catalog;
+mod errors;
+mod faults;
+mod ops;
+mod sessions;
+mod socket;
+mod values;
+mod vectors;
