@@ -107,8 +107,14 @@ impl Daemon {
         supervisor.shutdown();
         workers_cancel.cancel();
         workers.close();
-        if tokio::time::timeout(Duration::from_secs(2), workers.wait()).await.is_err() {
-            tracing::warn!(workers = workers.len(), "upstream workers did not stop in time");
+        if tokio::time::timeout(Duration::from_secs(2), workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                workers = workers.len(),
+                "upstream workers did not stop in time"
+            );
         }
         tracing::info!(socket = %socket_path.display(), "qail-daemon stopped");
         Ok(())

@@ -297,7 +297,11 @@ mod tests {
         let a = c.insert("SELECT 1", shape());
         let b = c.insert("SELECT  1", shape());
         assert_ne!(a.id, b.id);
-        assert_eq!(c.insert("SELECT 1", shape()).id, a.id, "second insert returns the first");
+        assert_eq!(
+            c.insert("SELECT 1", shape()).id,
+            a.id,
+            "second insert returns the first"
+        );
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Unix socket served to clients.
@@ -101,21 +101,6 @@ pub struct Config {
     pub dynamic_defaults: PoolDefaults,
     /// The configured PostgreSQL databases. May be empty when dynamic upstreams are allowed.
     pub upstreams: Vec<UpstreamConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            ipc: IpcConfig::default(),
-            admin: AdminConfig::default(),
-            catalog: CatalogConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-            allow_dynamic_upstreams: false,
-            dynamic_defaults: PoolDefaults::default(),
-            upstreams: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -469,9 +454,7 @@ impl Config {
         // handled below because they are addressed by upstream name / shared with clients.
         let section_env: config::Map<String, String> = env
             .iter()
-            .filter(|(k, _)| {
-                k.starts_with("QAIL_") && k.as_str() != SOCKET_ENV && !k.starts_with(UPSTREAM_ENV_PREFIX)
-            })
+            .filter(|(k, _)| is_section_var(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let base = config::Config::builder()
@@ -529,7 +512,10 @@ impl Config {
             self.ipc.token = Some(read_secret_file("ipc.token_file", path)?);
         }
         if self.ipc.token.as_ref().is_some_and(Secret::is_empty) {
-            return Err(ConfigError::invalid("ipc.token", "must not be empty when set"));
+            return Err(ConfigError::invalid(
+                "ipc.token",
+                "must not be empty when set",
+            ));
         }
         if !self.ipc.socket.is_absolute() {
             return Err(ConfigError::invalid(
@@ -544,17 +530,29 @@ impl Config {
             ));
         }
         if self.ipc.max_in_flight == 0 {
-            return Err(ConfigError::invalid("ipc.max_in_flight", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "ipc.max_in_flight",
+                "must be at least 1",
+            ));
         }
         if self.ipc.max_clients == 0 {
-            return Err(ConfigError::invalid("ipc.max_clients", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "ipc.max_clients",
+                "must be at least 1",
+            ));
         }
         self.admin.addr()?;
         if self.catalog.capacity == 0 {
-            return Err(ConfigError::invalid("catalog.capacity", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "catalog.capacity",
+                "must be at least 1",
+            ));
         }
         if self.dynamic_defaults.pool_max == 0 {
-            return Err(ConfigError::invalid("dynamic_defaults.pool_max", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "dynamic_defaults.pool_max",
+                "must be at least 1",
+            ));
         }
         let mut seen = BTreeMap::new();
         for (i, up) in self.upstreams.iter_mut().enumerate() {
@@ -633,6 +631,26 @@ struct NameOnly {
     name: String,
 }
 
+/// Whether `QAIL_…` addresses a config section or top-level key. Other `QAIL_` variables
+/// (`QAIL_CONFIG`, `QAIL_SOCKET`, client settings) are not config keys and are left alone;
+/// an unknown key *inside* a section is still an error that names it.
+fn is_section_var(name: &str) -> bool {
+    const SECTIONS: &[&str] = &[
+        "IPC__",
+        "ADMIN__",
+        "CATALOG__",
+        "LIMITS__",
+        "LOG__",
+        "DYNAMIC_DEFAULTS__",
+    ];
+    match name.strip_prefix("QAIL_") {
+        Some(rest) => {
+            SECTIONS.iter().any(|s| rest.starts_with(s)) || rest == "ALLOW_DYNAMIC_UPSTREAMS"
+        }
+        None => false,
+    }
+}
+
 /// `QAIL_UPSTREAMS__MAIN__PASSWORD=x` → (("MAIN", "password"), "x").
 fn upstream_overrides(env: &HashMap<String, String>) -> BTreeMap<(String, String), String> {
     env.iter()
@@ -645,9 +663,8 @@ fn upstream_overrides(env: &HashMap<String, String>) -> BTreeMap<(String, String
 }
 
 fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
     Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
 }
 
@@ -700,6 +717,8 @@ mod tests {
                 ("QAIL_UPSTREAMS__MAIN__PASSWORD", "from-env"),
                 ("QAIL_UPSTREAMS__MAIN__POOL_MAX", "3"),
                 ("QAIL_SOCKET", "/tmp/other.sock"),
+                ("QAIL_CONFIG", "/etc/qail.toml"),
+                ("QAIL_ALLOW_DYNAMIC_UPSTREAMS", "true"),
             ]),
         )
         .unwrap();
@@ -708,6 +727,11 @@ mod tests {
         assert_eq!(c.upstreams[0].password().expose(), "from-env");
         assert_eq!(c.upstreams[0].pool_max, 3);
         assert_eq!(c.ipc.socket, PathBuf::from("/tmp/other.sock"));
+        assert!(c.allow_dynamic_upstreams);
+        let err = Config::from_toml_str(MINIMAL, &env(&[("QAIL_IPC__SOKET", "/x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soket"), "{err}");
     }
 
     #[test]
@@ -730,14 +754,18 @@ mod tests {
         let c = Config::from_toml_str(&text, &env(&[("PGPW", "from-var")])).unwrap();
         assert_eq!(c.upstreams[0].password().expose(), "from-file");
         assert_eq!(c.upstreams[1].password().expose(), "from-var");
-        let missing = Config::from_toml_str(&text, &env(&[])).unwrap_err().to_string();
+        let missing = Config::from_toml_str(&text, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("upstreams[1].password_env"), "{missing}");
     }
 
     #[test]
     fn validation_names_the_key() {
         let dup = format!("{MINIMAL}\n[[upstreams]]\nname='main'\nuser='x'\n");
-        let err = Config::from_toml_str(&dup, &env(&[])).unwrap_err().to_string();
+        let err = Config::from_toml_str(&dup, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("upstreams[1].name"), "{err}");
         let err = Config::from_toml_str(
             &MINIMAL.replace("user = \"app\"", "user = \"app\"\npool_max = 0"),
@@ -746,7 +774,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("upstreams[0].pool_max"), "{err}");
-        let err = Config::from_toml_str("", &env(&[])).unwrap_err().to_string();
+        let err = Config::from_toml_str("", &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("upstreams"), "{err}");
     }
 
@@ -765,7 +795,10 @@ mod tests {
             default_socket_path_from(Some("/run/user/1000".into()), 1000),
             PathBuf::from("/run/user/1000/qail/qail.sock")
         );
-        assert_eq!(default_socket_path_from(None, 0), PathBuf::from("/run/qail/qail.sock"));
+        assert_eq!(
+            default_socket_path_from(None, 0),
+            PathBuf::from("/run/qail/qail.sock")
+        );
         assert_eq!(
             default_socket_path_from(None, 1000),
             PathBuf::from("/tmp/qail-1000/qail.sock")

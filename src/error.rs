@@ -80,7 +80,10 @@ pub enum Error {
     Postgres(#[from] tokio_postgres::Error),
     /// One statement of a pipeline or batch failed.
     #[error("statement {} failed: {inner}", .at.index)]
-    InBatch { at: BatchPosition, inner: Box<Error> },
+    InBatch {
+        at: BatchPosition,
+        inner: Box<Error>,
+    },
 }
 
 impl Error {
@@ -122,9 +125,9 @@ impl Error {
     /// deallocated); preparing it again and retrying once is safe.
     pub fn is_stale_statement(&self) -> bool {
         match self.db_error() {
-            Some(db) if *db.code() == SqlState::FEATURE_NOT_SUPPORTED => {
-                db.message().contains("cached plan must not change result type")
-            }
+            Some(db) if *db.code() == SqlState::FEATURE_NOT_SUPPORTED => db
+                .message()
+                .contains("cached plan must not change result type"),
             Some(db) => *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME,
             None => false,
         }

@@ -51,7 +51,10 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> ExitCode {
     qail_daemon::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qail-daemon: cannot start the async runtime: {e}");

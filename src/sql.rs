@@ -15,7 +15,9 @@ pub struct Classified {
 }
 
 /// Tags whose row count PostgreSQL appends (`SELECT 3`, `UPDATE 2`); INSERT also has `0 `.
-const COUNTED: &[&str] = &["SELECT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY"];
+const COUNTED: &[&str] = &[
+    "SELECT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY",
+];
 /// First keywords whose tag has a second word (`CREATE TABLE`, `DROP INDEX`).
 const TWO_WORD: &[&str] = &[
     "CREATE", "DROP", "ALTER", "DECLARE", "GRANT", "REVOKE", "COMMENT", "SECURITY", "IMPORT",
@@ -49,8 +51,20 @@ pub fn classify(sql: &str) -> Classified {
         "CREATE" | "DROP" | "ALTER" => {
             // CREATE [OR REPLACE] [TEMP|TEMPORARY|UNLOGGED|UNIQUE|…] TABLE → CREATE TABLE
             let skip = [
-                "OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED", "GLOBAL", "LOCAL", "UNIQUE",
-                "MATERIALIZED", "RECURSIVE", "TRUSTED", "PROCEDURAL", "CONSTRAINT", "DEFAULT",
+                "OR",
+                "REPLACE",
+                "TEMP",
+                "TEMPORARY",
+                "UNLOGGED",
+                "GLOBAL",
+                "LOCAL",
+                "UNIQUE",
+                "MATERIALIZED",
+                "RECURSIVE",
+                "TRUSTED",
+                "PROCEDURAL",
+                "CONSTRAINT",
+                "DEFAULT",
             ];
             let more = leading_words(sql, 8);
             let object = more
@@ -155,7 +169,9 @@ fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
 /// For `WITH a AS (…), b AS (…) <verb> …`: the first keyword at parenthesis depth 0 that starts a
 /// statement, skipping quoted strings, identifiers and comments.
 fn main_verb_after_with(sql: &str) -> Option<String> {
-    const VERBS: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES", "TABLE"];
+    const VERBS: &[&str] = &[
+        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES", "TABLE",
+    ];
     let b = sql.as_bytes();
     let mut i = 0;
     let mut depth = 0i32;
@@ -213,12 +229,27 @@ mod tests {
     #[test]
     fn tags() {
         assert_eq!(classify("select 1").tag(1), "SELECT 1");
-        assert_eq!(classify("  -- hi\n INSERT INTO t VALUES (1)").tag(1), "INSERT 0 1");
-        assert_eq!(classify("/* a /* nested */ */ update t set a=1").tag(4), "UPDATE 4");
+        assert_eq!(
+            classify("  -- hi\n INSERT INTO t VALUES (1)").tag(1),
+            "INSERT 0 1"
+        );
+        assert_eq!(
+            classify("/* a /* nested */ */ update t set a=1").tag(4),
+            "UPDATE 4"
+        );
         assert_eq!(classify("create table t (a int)").tag(0), "CREATE TABLE");
-        assert_eq!(classify("CREATE TEMP TABLE t (a int)").tag(0), "CREATE TABLE");
-        assert_eq!(classify("create or replace view v as select 1").tag(0), "CREATE VIEW");
-        assert_eq!(classify("create unique index i on t(a)").tag(0), "CREATE INDEX");
+        assert_eq!(
+            classify("CREATE TEMP TABLE t (a int)").tag(0),
+            "CREATE TABLE"
+        );
+        assert_eq!(
+            classify("create or replace view v as select 1").tag(0),
+            "CREATE VIEW"
+        );
+        assert_eq!(
+            classify("create unique index i on t(a)").tag(0),
+            "CREATE INDEX"
+        );
         assert_eq!(classify("drop table t").tag(0), "DROP TABLE");
         assert_eq!(classify("VALUES (1),(2)").tag(2), "SELECT 2");
         assert_eq!(classify("(select 1)").tag(1), "SELECT 1");
@@ -227,25 +258,54 @@ mod tests {
             classify("with x as (select 1), y as (delete from t returning *) insert into u select * from x").tag(3),
             "INSERT 0 3"
         );
-        assert_eq!(classify("WITH x AS (SELECT ')') SELECT * FROM x").tag(1), "SELECT 1");
+        assert_eq!(
+            classify("WITH x AS (SELECT ')') SELECT * FROM x").tag(1),
+            "SELECT 1"
+        );
     }
 
     #[test]
     fn transaction_control() {
-        for sql in ["BEGIN", "begin isolation level serializable", "START TRANSACTION", "commit", "END", "ROLLBACK", "abort", "PREPARE TRANSACTION 'x'"] {
+        for sql in [
+            "BEGIN",
+            "begin isolation level serializable",
+            "START TRANSACTION",
+            "commit",
+            "END",
+            "ROLLBACK",
+            "abort",
+            "PREPARE TRANSACTION 'x'",
+        ] {
             assert!(classify(sql).transaction_control, "{sql}");
         }
-        for sql in ["ROLLBACK TO SAVEPOINT a", "rollback to a", "SAVEPOINT a", "COMMIT PREPARED 'x'", "select 'begin'"] {
+        for sql in [
+            "ROLLBACK TO SAVEPOINT a",
+            "rollback to a",
+            "SAVEPOINT a",
+            "COMMIT PREPARED 'x'",
+            "select 'begin'",
+        ] {
             assert!(!classify(sql).transaction_control, "{sql}");
         }
     }
 
     #[test]
     fn session_state() {
-        for sql in ["SET search_path = x", "reset all", "LISTEN ch", "declare c cursor with hold for select 1", "create temporary table t (a int)", "select set_config('a.b', '1', false)"] {
+        for sql in [
+            "SET search_path = x",
+            "reset all",
+            "LISTEN ch",
+            "declare c cursor with hold for select 1",
+            "create temporary table t (a int)",
+            "select set_config('a.b', '1', false)",
+        ] {
             assert!(classify(sql).leaves_session_state, "{sql}");
         }
-        for sql in ["select 1", "create table t (a int)", "insert into t values (1)"] {
+        for sql in [
+            "select 1",
+            "create table t (a int)",
+            "insert into t values (1)",
+        ] {
             assert!(!classify(sql).leaves_session_state, "{sql}");
         }
     }

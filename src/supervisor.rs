@@ -81,15 +81,20 @@ impl Supervisor {
             .insert(name.clone(), up.clone());
         let span = tracing::info_span!("upstream", upstream = %name);
         let guarded = up.clone();
+        let worker_span = span.clone();
         self.tracker.spawn(
             async move {
                 let mut backoff = Duration::from_millis(100);
                 loop {
-                    let worker = tokio::spawn(guarded.clone().run_worker());
+                    let worker =
+                        tokio::spawn(guarded.clone().run_worker().instrument(worker_span.clone()));
                     match worker.await {
                         Ok(()) => return,
                         Err(e) if e.is_panic() => {
-                            tracing::error!(backoff_ms = backoff.as_millis() as u64, "upstream worker crashed; restarting");
+                            tracing::error!(
+                                backoff_ms = backoff.as_millis() as u64,
+                                "upstream worker crashed; restarting"
+                            );
                         }
                         Err(_) => return,
                     }
@@ -161,7 +166,10 @@ impl Supervisor {
             return Err(match e.as_db_error() {
                 Some(_) => Error::new(
                     Code::AuthFailed,
-                    format!("PostgreSQL refused {}@{}:{}/{}: {reason}", c.user, c.host, c.port, c.database),
+                    format!(
+                        "PostgreSQL refused {}@{}:{}/{}: {reason}",
+                        c.user, c.host, c.port, c.database
+                    ),
                 ),
                 None => Error::new(
                     Code::UpstreamUnavailable,

@@ -5,7 +5,7 @@
 //! worker's health loop finds out and flips the state. While an upstream is known to be down,
 //! requests fail at once with `upstream_unavailable` instead of waiting out the checkout timeout.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,16 +209,20 @@ impl Upstream {
     pub async fn run_worker(self: Arc<Self>) {
         loop {
             let result = self.check().await;
-            let now = if result.is_ok() { Health::Up } else { Health::Down };
+            let now = if result.is_ok() {
+                Health::Up
+            } else {
+                Health::Down
+            };
             let before = self.set_health(now);
             match (&result, before) {
                 (Ok(()), Health::Up) => {}
-                (Ok(()), _) => tracing::info!(upstream = %self.config.name, "upstream is up"),
+                (Ok(()), _) => tracing::info!("upstream is up"),
                 (Err(reason), Health::Down) => {
-                    tracing::debug!(upstream = %self.config.name, %reason, "upstream still down")
+                    tracing::debug!(%reason, "upstream still down")
                 }
                 (Err(reason), _) => {
-                    tracing::warn!(upstream = %self.config.name, %reason, "upstream is down; retrying every second")
+                    tracing::warn!(%reason, "upstream is down; retrying every second")
                 }
             }
             let wait = match now {

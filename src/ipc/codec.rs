@@ -68,10 +68,16 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&frame(b"{\"a\":1}"));
         buf.extend_from_slice(&frame(b"{}")[..3]);
-        assert_eq!(d.decode(&mut buf).unwrap().unwrap(), Bytes::from_static(b"{\"a\":1}"));
+        assert_eq!(
+            d.decode(&mut buf).unwrap().unwrap(),
+            Bytes::from_static(b"{\"a\":1}")
+        );
         assert!(d.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(&frame(b"{}")[3..]);
-        assert_eq!(d.decode(&mut buf).unwrap().unwrap(), Bytes::from_static(b"{}"));
+        assert_eq!(
+            d.decode(&mut buf).unwrap().unwrap(),
+            Bytes::from_static(b"{}")
+        );
         assert!(buf.is_empty());
     }
 

@@ -63,7 +63,10 @@ pub enum BindError {
     },
 }
 
-fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> BindError + 'p {
+fn io_err<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> BindError + 'p {
     move |source| BindError::Io {
         action,
         path: path.to_path_buf(),
@@ -93,7 +96,11 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, BindError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-            let dir_mode = if dir.starts_with("/tmp") { 0o700 } else { 0o755 };
+            let dir_mode = if dir.starts_with("/tmp") {
+                0o700
+            } else {
+                0o755
+            };
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
                 .map_err(io_err("set permissions on", dir))?;
         } else if let Ok(meta) = std::fs::metadata(dir) {
@@ -103,14 +110,16 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, BindError> {
         }
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::AlreadyRunning(path.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                tracing::info!(socket = %path.display(), "replacing a stale socket left by a stopped daemon");
-                std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(BindError::AlreadyRunning(path.to_path_buf())),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "replacing a stale socket left by a stopped daemon");
+                    std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+                }
+                Err(e) => return Err(io_err("probe existing socket", path)(e)),
             }
-            Err(e) => return Err(io_err("probe existing socket", path)(e)),
-        },
+        }
         Ok(_) => return Err(BindError::NotASocket(path.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("inspect", path)(e)),

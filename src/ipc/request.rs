@@ -10,8 +10,19 @@ use crate::error::Error;
 
 /// Every protocol-1 op name, for messages.
 pub const OPS: &[&str] = &[
-    "hello", "connect", "connect_pg", "prepare", "query", "execute", "pipeline", "batch", "begin",
-    "commit", "rollback", "ping", "close",
+    "hello",
+    "connect",
+    "connect_pg",
+    "prepare",
+    "query",
+    "execute",
+    "pipeline",
+    "batch",
+    "begin",
+    "commit",
+    "rollback",
+    "ping",
+    "close",
 ];
 
 /// Just the op, read without validating the other fields.
@@ -169,7 +180,9 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named_and_id_recovered() {
-        let (id, err) = parse(br#"{"id":3,"op":"query","sql":"x","param":[]}"#).err().unwrap();
+        let (id, err) = parse(br#"{"id":3,"op":"query","sql":"x","param":[]}"#)
+            .err()
+            .unwrap();
         assert_eq!(id.unwrap().get(), "3");
         assert!(err.to_string().contains("param"), "{err}");
     }

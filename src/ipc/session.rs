@@ -65,7 +65,8 @@ impl Session {
     /// Serves the connection until the client leaves, sends `close`, or the daemon stops.
     pub async fn run(mut self, stream: UnixStream) {
         let (read, mut write) = stream.into_split();
-        let mut frames = FramedRead::with_capacity(read, FrameDecoder::new(self.shared.max_frame), READ_BUFFER);
+        let mut frames =
+            FramedRead::with_capacity(read, FrameDecoder::new(self.shared.max_frame), READ_BUFFER);
         let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut reading = true;
         loop {
@@ -137,7 +138,15 @@ impl Session {
                     match parse(&frame) {
                         Ok(req) => {
                             let mut reply = Reply::new(req.id.map(RawValue::get));
-                            let result = run_independent(&shared, upstream.as_ref(), None, op, &req, &mut reply).await;
+                            let result = run_independent(
+                                &shared,
+                                upstream.as_ref(),
+                                None,
+                                op,
+                                &req,
+                                &mut reply,
+                            )
+                            .await;
                             reply.conclude(result, shared.max_frame)
                         }
                         Err((id, e)) => Reply::new(id.map(RawValue::get)).fail(&e),
@@ -160,7 +169,12 @@ impl Session {
         (reply.conclude(result, self.shared.max_frame), next)
     }
 
-    async fn dispatch(&mut self, req: &Request<'_>, reply: &mut Reply, next: &mut Next) -> Result<(), Error> {
+    async fn dispatch(
+        &mut self,
+        req: &Request<'_>,
+        reply: &mut Reply,
+        next: &mut Next,
+    ) -> Result<(), Error> {
         let op = Op::parse(req.op.as_deref().unwrap_or_default())?;
         if !self.authed && !op.needs_no_auth() {
             return Err(Error::new(
@@ -203,7 +217,10 @@ impl Session {
             }
             Op::Commit | Op::Rollback => {
                 let tx = self.tx.take().ok_or_else(|| {
-                    Error::new(Code::TransactionState, "no transaction in progress: send begin first")
+                    Error::new(
+                        Code::TransactionState,
+                        "no transaction in progress: send begin first",
+                    )
                 })?;
                 if op == Op::Commit {
                     transaction::commit(tx, reply).await
@@ -215,7 +232,17 @@ impl Session {
                 *next = Next::Close;
                 Ok(())
             }
-            _ => run_independent(&self.shared, self.upstream.as_ref(), self.tx.as_mut(), op, req, reply).await,
+            _ => {
+                run_independent(
+                    &self.shared,
+                    self.upstream.as_ref(),
+                    self.tx.as_mut(),
+                    op,
+                    req,
+                    reply,
+                )
+                .await
+            }
         }
     }
 }
@@ -249,7 +276,10 @@ async fn run_independent(
 }
 
 /// Writes every queued answer, in order.
-async fn drain(in_flight: &mut FuturesOrdered<Pending>, write: &mut OwnedWriteHalf) -> std::io::Result<()> {
+async fn drain(
+    in_flight: &mut FuturesOrdered<Pending>,
+    write: &mut OwnedWriteHalf,
+) -> std::io::Result<()> {
     while let Some(answer) = in_flight.next().await {
         write.write_all(&answer).await?;
     }

@@ -73,7 +73,9 @@ pub async fn prepare_on(
             conn.adopt(&entry, stmt.clone());
             Ok((entry, stmt))
         }
-        (None, Target::Handle(_)) => Err(Error::new(Code::Internal, "handle lookup returned nothing")),
+        (None, Target::Handle(_)) => {
+            Err(Error::new(Code::Internal, "handle lookup returned nothing"))
+        }
     }
 }
 
@@ -189,7 +191,11 @@ pub async fn run_pipelined(
 ) -> Vec<Result<Outcome, Error>> {
     let mut pending: FuturesOrdered<_> = params
         .iter()
-        .map(|p| async move { run_raw(client, stmt, p, keep_rows).await.map_err(Error::from) })
+        .map(|p| async move {
+            run_raw(client, stmt, p, keep_rows)
+                .await
+                .map_err(Error::from)
+        })
         .collect();
     let mut results = Vec::with_capacity(params.len());
     while let Some(r) = pending.next().await {
@@ -206,7 +212,11 @@ pub async fn run_statements(
 ) -> Vec<Result<Outcome, Error>> {
     let mut pending: FuturesOrdered<_> = work
         .iter()
-        .map(|(stmt, p)| async move { run_raw(client, stmt, p, keep_rows).await.map_err(Error::from) })
+        .map(|(stmt, p)| async move {
+            run_raw(client, stmt, p, keep_rows)
+                .await
+                .map_err(Error::from)
+        })
         .collect();
     let mut results = Vec::with_capacity(work.len());
     while let Some(r) = pending.next().await {
@@ -220,7 +230,10 @@ pub enum Bounded<T> {
     Done(Result<T, Error>),
     /// The timeout expired and the statement was cancelled. `clean` is false when the
     /// connection did not settle within the grace period and must be discarded.
-    TimedOut { limit: Duration, clean: bool },
+    TimedOut {
+        limit: Duration,
+        clean: bool,
+    },
 }
 
 /// Runs `work` (which uses the connection whose cancel token is given) with an optional time
@@ -284,12 +297,19 @@ pub fn write_rows(out: &mut Vec<u8>, rows: &[Row]) -> Result<(), Error> {
                 out.push(b',');
             }
             let cell: RawCell<'_> = row.try_get(i).map_err(|e| {
-                Error::new(Code::Internal, format!("cannot read column {}: {e}", col.name()))
+                Error::new(
+                    Code::Internal,
+                    format!("cannot read column {}: {e}", col.name()),
+                )
             })?;
             write_value(out, col.type_(), cell.0).map_err(|e| {
                 Error::new(
                     Code::Internal,
-                    format!("cannot encode column \"{}\" ({}): {e}", col.name(), type_name(col.type_())),
+                    format!(
+                        "cannot encode column \"{}\" ({}): {e}",
+                        col.name(),
+                        type_name(col.type_())
+                    ),
                 )
             })?;
         }

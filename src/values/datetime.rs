@@ -329,7 +329,11 @@ mod tests {
         assert_eq!(ts(i64::MAX, true), "\"infinity\"");
         assert_eq!(ts(i64::MIN, false), "\"-infinity\"");
         // Extremes other than the infinities must not overflow.
-        assert!(ts(i64::MAX - 1, false).starts_with("\"294277-"), "{}", ts(i64::MAX - 1, false));
+        assert!(
+            ts(i64::MAX - 1, false).starts_with("\"294277-"),
+            "{}",
+            ts(i64::MAX - 1, false)
+        );
         assert!(ts(i64::MIN + 1, false).ends_with(" BC\""));
         let mut out = Vec::new();
         assert!(write_timestamp(&mut out, &[0; 9], false).is_err());

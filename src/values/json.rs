@@ -140,8 +140,22 @@ pub(crate) fn write_pg_float8(out: &mut Vec<u8>, v: f64) {
         out.push(b'0');
         return;
     }
+    let v = v.abs();
     let mut ryu_buf = ryu::Buffer::new();
-    let (digits, exp) = shortest_digits(ryu_buf.format_finite(v.abs()).as_bytes());
+    let (mut digits, mut exp) = shortest_digits(ryu_buf.format_finite(v).as_bytes());
+    // PostgreSQL's copy of Ryu never picks a decimal lying exactly on the boundary between
+    // two doubles (the ryu crate does when the mantissa is even; both parse back to `v`).
+    // In that rare case take the shortest correctly rounded form strictly inside.
+    if on_boundary(v, digits.as_slice(), exp) {
+        for n in digits.len + 1..=17 {
+            let text = format!("{v:.*e}", n - 1);
+            let (d, e) = shortest_digits(text.as_bytes());
+            if text.parse::<f64>().ok() == Some(v) && !on_boundary(v, d.as_slice(), e) {
+                (digits, exp) = (d, e);
+                break;
+            }
+        }
+    }
     let digits = digits.as_slice();
     if (-4..15).contains(&exp) {
         if exp < 0 {
@@ -174,6 +188,55 @@ pub(crate) fn write_pg_float8(out: &mut Vec<u8>, v: f64) {
         }
         write_int(out, exp.unsigned_abs());
     }
+}
+
+/// Whether the decimal `0.d1d2… × 10^(exp+1)` equals one of the two rounding boundaries of
+/// the positive double `v` (the midpoints to its neighbours), compared exactly by splitting
+/// both sides into 2^a · 5^b · rest.
+fn on_boundary(v: f64, digits: &[u8], exp: i32) -> bool {
+    if digits.is_empty() || digits.len() > 19 {
+        return false;
+    }
+    let bits = v.to_bits();
+    let ieee_mantissa = bits & ((1 << 52) - 1);
+    let ieee_exponent = (bits >> 52) & 0x7ff;
+    // v = 4·m2 · 2^e2; the boundaries are (4·m2 + 2) · 2^e2 and (4·m2 − 1 − shift) · 2^e2,
+    // where the lower gap is halved at a power of two.
+    let (m2, e2) = if ieee_exponent == 0 {
+        (ieee_mantissa, 1 - 1023 - 52 - 2)
+    } else {
+        (
+            ieee_mantissa | (1 << 52),
+            ieee_exponent as i64 - 1023 - 52 - 2,
+        )
+    };
+    let mm_shift = u64::from(ieee_mantissa != 0 || ieee_exponent <= 1);
+    let d = digits
+        .iter()
+        .fold(0u64, |acc, &c| acc * 10 + u64::from(c - b'0'));
+    // The candidate is d · 10^k.
+    let k = i64::from(exp) - (digits.len() as i64 - 1);
+    let (d_rest, d_twos, d_fives) = split_2_5(d);
+    [4 * m2 + 2, 4 * m2 - 1 - mm_shift]
+        .into_iter()
+        .any(|bound| {
+            let (b_rest, b_twos, b_fives) = split_2_5(bound);
+            d_rest == b_rest && d_twos + k == b_twos + e2 && d_fives + k == b_fives
+        })
+}
+
+/// n = rest · 2^twos · 5^fives with rest coprime to 10 (n > 0).
+fn split_2_5(mut n: u64) -> (u64, i64, i64) {
+    let (mut twos, mut fives) = (0, 0);
+    while n != 0 && n % 2 == 0 {
+        n /= 2;
+        twos += 1;
+    }
+    while n != 0 && n % 5 == 0 {
+        n /= 5;
+        fives += 1;
+    }
+    (n, twos, fives)
 }
 
 /// Fixed-capacity digit string (a float's shortest form has at most 17 significant digits).
@@ -290,6 +353,8 @@ mod tests {
             (123.456, "123.456"),
             (0.1, "0.1"),
             (100.0, "100"),
+            // Shortest digits sit exactly on a rounding boundary: PostgreSQL prints one more.
+            (36459172041340144.0, "3.6459172041340144e+16"),
             (f64::NAN, "NaN"),
             (f64::INFINITY, "Infinity"),
             (f64::NEG_INFINITY, "-Infinity"),
@@ -329,7 +394,10 @@ mod tests {
 
     #[test]
     fn hex() {
-        assert_eq!(s(|o| write_hex_str(o, &[0x0a, 0x1b, 0xff])), r#""\\x0a1bff""#);
+        assert_eq!(
+            s(|o| write_hex_str(o, &[0x0a, 0x1b, 0xff])),
+            r#""\\x0a1bff""#
+        );
         assert_eq!(s(|o| write_hex_str(o, &[])), r#""\\x""#);
     }
 }

@@ -497,7 +497,10 @@ mod tests {
         pp::point_to_sql(1.0, 2.0, &mut b);
         assert_eq!(g(oid::POINT, &b), "\"(1,2)\"");
         assert_eq!(g(oid::POINT, &f64s(&[1e20, 1.5e-5])), "\"(1e+20,1.5e-05)\"");
-        assert_eq!(g(oid::LSEG, &f64s(&[1.0, 2.0, 3.0, 4.0])), "\"[(1,2),(3,4)]\"");
+        assert_eq!(
+            g(oid::LSEG, &f64s(&[1.0, 2.0, 3.0, 4.0])),
+            "\"[(1,2),(3,4)]\""
+        );
         let mut b = BytesMut::new();
         pp::box_to_sql(3.0, 4.0, 1.0, 2.0, &mut b);
         assert_eq!(g(oid::BOX, &b), "\"(3,4),(1,2)\"");
@@ -512,10 +515,7 @@ mod tests {
         let mut poly = 2i32.to_be_bytes().to_vec();
         poly.extend(f64s(&[1.0, 2.0, 3.0, 4.0]));
         assert_eq!(g(oid::POLYGON, &poly), "\"((1,2),(3,4))\"");
-        assert_eq!(
-            g(oid::POINT, &f64s(&[-0.0, f64::NAN])),
-            "\"(-0,NaN)\""
-        );
+        assert_eq!(g(oid::POINT, &f64s(&[-0.0, f64::NAN])), "\"(-0,NaN)\"");
 
         let mut out = Vec::new();
         assert!(write_geometric(&mut out, oid::POINT, &f64s(&[1.0])).is_err());

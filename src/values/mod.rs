@@ -402,8 +402,16 @@ fn write_range(
     }
     let has_lower = flags & (RANGE_LB_INF | RANGE_LB_NULL) == 0;
     let has_upper = flags & (RANGE_UB_INF | RANGE_UB_NULL) == 0;
-    let lower = if has_lower { r.cell().map_err(bad)? } else { None };
-    let upper = if has_upper { r.cell().map_err(bad)? } else { None };
+    let lower = if has_lower {
+        r.cell().map_err(bad)?
+    } else {
+        None
+    };
+    let upper = if has_upper {
+        r.cell().map_err(bad)?
+    } else {
+        None
+    };
     if !r.is_empty() {
         return Err(bad(Bad::from("trailing bytes after upper bound")));
     }

@@ -230,12 +230,12 @@ mod tests {
         let bad: &[&[u8]] = &[
             &[],
             &[0, 1, 0, 0, 0, 0],
-            &[0, 1, 0, 0, 0, 0, 0, 0],              // one digit announced, none present
-            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1],        // trailing bytes
-            &[0xff, 0xff, 0, 0, 0, 0, 0, 0],        // negative ndigits
-            &[0, 0, 0, 0, 0x12, 0x34, 0, 0],        // bad sign
-            &[0, 0, 0, 0, 0, 0, 0xC0, 0],           // bad dscale
-            &[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10],  // digit 10000
+            &[0, 1, 0, 0, 0, 0, 0, 0], // one digit announced, none present
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1], // trailing bytes
+            &[0xff, 0xff, 0, 0, 0, 0, 0, 0], // negative ndigits
+            &[0, 0, 0, 0, 0x12, 0x34, 0, 0], // bad sign
+            &[0, 0, 0, 0, 0, 0, 0xC0, 0], // bad dscale
+            &[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10], // digit 10000
         ];
         for raw in bad {
             assert!(write_numeric(&mut out, raw).is_err(), "{raw:?}");

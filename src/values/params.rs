@@ -206,7 +206,11 @@ fn array_literal(out: &mut String, text: &str, elem: &Type, depth: u32) -> Resul
     let elem_base = base_type(elem);
     let json_elems = is_json(elem_base);
     // box is the one built-in type whose array delimiter is ';' (its text contains commas).
-    let delim = if elem_base.oid() == oid::BOX { ';' } else { ',' };
+    let delim = if elem_base.oid() == oid::BOX {
+        ';'
+    } else {
+        ','
+    };
     out.push('{');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
@@ -282,9 +286,7 @@ mod tests {
     }
 
     fn p(json: &str, ty: &Type) -> Option<String> {
-        param_text(&raw(json), ty)
-            .expect("param accepted")
-            .0
+        param_text(&raw(json), ty).expect("param accepted").0
     }
 
     fn err(json: &str, ty: &Type) -> String {
@@ -350,7 +352,11 @@ mod tests {
     #[test]
     fn arrays() {
         assert_eq!(
-            p(r#"[1, 2, null, "a \"q\"", "x", "NULL", "b\\c"]"#, &Type::TEXT_ARRAY).as_deref(),
+            p(
+                r#"[1, 2, null, "a \"q\"", "x", "NULL", "b\\c"]"#,
+                &Type::TEXT_ARRAY
+            )
+            .as_deref(),
             Some(r#"{1,2,NULL,"a \"q\"","x","NULL","b\\c"}"#)
         );
         assert_eq!(
@@ -383,7 +389,10 @@ mod tests {
         let list = domain("intlist", Type::INT4_ARRAY);
         assert_eq!(p("[1,[2]]", &list).as_deref(), Some("{1,{2}}"));
         // int2vector / oidvector use spaces
-        assert_eq!(p("[1,2,\"3\"]", &Type::INT2_VECTOR).as_deref(), Some("1 2 3"));
+        assert_eq!(
+            p("[1,2,\"3\"]", &Type::INT2_VECTOR).as_deref(),
+            Some("1 2 3")
+        );
         assert_eq!(p("[]", &Type::OID_VECTOR).as_deref(), Some(""));
         assert!(param_text(&raw("[null]"), &Type::OID_VECTOR).is_err());
         // A string is still PostgreSQL array input.
@@ -415,7 +424,10 @@ mod tests {
         let e = err(r#"{"a":1}"#, &comp);
         assert!(e.contains("app.pair") && e.contains("string"), "{e}");
         let e = err(r#"[{"a":1}]"#, &Type::INT4_ARRAY);
-        assert!(e.contains("object inside an array") && e.contains("int4"), "{e}");
+        assert!(
+            e.contains("object inside an array") && e.contains("int4"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ impl<'a> Reader<'a> {
     /// A reader over a value that must be exactly `len` bytes long.
     pub(crate) fn exact(buf: &'a [u8], len: usize) -> Result<Self, Bad> {
         if buf.len() != len {
-            return Err(Bad(format!("expected {len} bytes, got {}", buf.len()).into()));
+            return Err(Bad(
+                format!("expected {len} bytes, got {}", buf.len()).into()
+            ));
         }
         Ok(Reader { buf })
     }

@@ -169,7 +169,10 @@ fn null_and_scalars() {
     assert_eq!(ok(&Type::OID, &enc(u32::MAX, &Type::OID)), "4294967295");
     assert_eq!(ok(&Type::REGCLASS, &1259u32.to_be_bytes()), "1259");
     assert_eq!(ok(&Type::XID, &7u32.to_be_bytes()), "7");
-    assert_eq!(ok(&Type::XID8, &u64::MAX.to_be_bytes()), "18446744073709551615");
+    assert_eq!(
+        ok(&Type::XID8, &u64::MAX.to_be_bytes()),
+        "18446744073709551615"
+    );
     assert_eq!(ok(&Type::MONEY, &(-12345i64).to_be_bytes()), "-12345");
     assert_eq!(ok(&Type::FLOAT4, &enc(1.1f32, &Type::FLOAT4)), "1.1");
     assert_eq!(ok(&Type::FLOAT8, &enc(1e300f64, &Type::FLOAT8)), "1e300");
@@ -184,7 +187,10 @@ fn null_and_scalars() {
     );
     // numeric 123.4500: ndigits 2, weight 0, sign +, dscale 4, digits 123 4500
     assert_eq!(
-        ok(&Type::NUMERIC, &[0, 2, 0, 0, 0, 0, 0, 4, 0, 123, 0x11, 0x94]),
+        ok(
+            &Type::NUMERIC,
+            &[0, 2, 0, 0, 0, 0, 0, 4, 0, 123, 0x11, 0x94]
+        ),
         "\"123.4500\""
     );
     for ty in [Type::INT2, Type::INT4, Type::INT8, Type::FLOAT8, Type::BOOL] {
@@ -215,7 +221,10 @@ fn text_like() {
 
 #[test]
 fn json_types() {
-    assert_eq!(ok(&Type::JSON, br#"{"a": [1, 2.5, null]}"#), r#"{"a": [1, 2.5, null]}"#);
+    assert_eq!(
+        ok(&Type::JSON, br#"{"a": [1, 2.5, null]}"#),
+        r#"{"a": [1, 2.5, null]}"#
+    );
     assert_eq!(ok(&Type::JSONB, b"\x01{\"a\": 1}"), r#"{"a": 1}"#);
     assert_eq!(ok(&Type::JSONB, b"\x01\"s\""), r#""s""#);
     assert_eq!(ok(&Type::JSONPATH, b"\x01$.\"a\"[*]"), r#""$.\"a\"[*]""#);
@@ -234,7 +243,10 @@ fn bytea_uuid_fallback() {
         0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a,
         0x11,
     ];
-    assert_eq!(ok(&Type::UUID, &u), r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#);
+    assert_eq!(
+        ok(&Type::UUID, &u),
+        r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#
+    );
     // Extension and unhandled built-in types: hex of the binary form, even if it is text.
     let citext = user_type("citext", Kind::Simple);
     assert_eq!(ok(&citext, b"Hi"), r#""\\x4869""#);
@@ -308,18 +320,27 @@ fn arrays() {
     assert_eq!(ok(&Type::INT4_ARRAY, &three_d), "[[[1],[2]]]");
     assert_eq!(ok(&Type::INT4_ARRAY, &array(23, &[], &[])), "[]");
     assert_eq!(
-        ok(&Type::TEXT_ARRAY, &array(25, &[(2, 0)], &[Some(b"a\"b"), Some(b"")])),
+        ok(
+            &Type::TEXT_ARRAY,
+            &array(25, &[(2, 0)], &[Some(b"a\"b"), Some(b"")])
+        ),
         r#"["a\"b",""]"#
     );
     assert_eq!(
-        ok(&Type::INT2_VECTOR, &array(21, &[(2, 0)], &[Some(&[0, 1]), Some(&[0, 2])])),
+        ok(
+            &Type::INT2_VECTOR,
+            &array(21, &[(2, 0)], &[Some(&[0, 1]), Some(&[0, 2])])
+        ),
         "[1,2]"
     );
     // Array of arrays of a domain over jsonb.
     let doc = user_type("doc", Kind::Domain(Type::JSONB));
     let docs = user_type("_doc", Kind::Array(doc));
     assert_eq!(
-        ok(&docs, &array(91_000, &[(1, 1)], &[Some(b"\x01{\"k\": true}")])),
+        ok(
+            &docs,
+            &array(91_000, &[(1, 1)], &[Some(b"\x01{\"k\": true}")])
+        ),
         r#"[{"k": true}]"#
     );
 
@@ -330,7 +351,10 @@ fn arrays() {
     fails(&Type::INT4_ARRAY, &trailing);
     fails(&Type::INT4_ARRAY, &array(23, &[(-1, 1)], &[]));
     fails(&Type::INT4_ARRAY, &array(23, &[(1, 1)], &[Some(&[1, 2])]));
-    fails(&Type::INT4_ARRAY, &array(23, &[(i32::MAX, 1), (i32::MAX, 1)], &[]));
+    fails(
+        &Type::INT4_ARRAY,
+        &array(23, &[(i32::MAX, 1), (i32::MAX, 1)], &[]),
+    );
     let mut bad_ndim = arr.clone();
     bad_ndim[..4].copy_from_slice(&1000i32.to_be_bytes());
     fails(&Type::INT4_ARRAY, &bad_ndim);
@@ -366,7 +390,10 @@ fn ranges() {
         r#"{"lower":null,"upper":10,"lower_inc":false,"upper_inc":false}"#
     );
     assert_eq!(
-        ok(&r, &range(RANGE_LB_INF | RANGE_UB_INF | RANGE_LB_INC, None, None)),
+        ok(
+            &r,
+            &range(RANGE_LB_INF | RANGE_UB_INF | RANGE_LB_INC, None, None)
+        ),
         r#"{"lower":null,"upper":null,"lower_inc":false,"upper_inc":false}"#
     );
     assert_eq!(
@@ -376,13 +403,19 @@ fn ranges() {
     let d1 = enc_date(0);
     let d2 = enc_date(31);
     assert_eq!(
-        ok(&Type::DATE_RANGE, &range(RANGE_LB_INC, Some(&d1), Some(&d2))),
+        ok(
+            &Type::DATE_RANGE,
+            &range(RANGE_LB_INC, Some(&d1), Some(&d2))
+        ),
         r#"{"lower":"2000-01-01","upper":"2000-02-01","lower_inc":true,"upper_inc":false}"#
     );
     // numeric range: bounds recurse into numeric
     let n = [0, 1, 0, 0, 0, 0, 0, 0, 0, 5];
     assert_eq!(
-        ok(&Type::NUM_RANGE, &range(RANGE_LB_INC | RANGE_UB_INC, Some(&n), Some(&n))),
+        ok(
+            &Type::NUM_RANGE,
+            &range(RANGE_LB_INC | RANGE_UB_INC, Some(&n), Some(&n))
+        ),
         r#"{"lower":"5","upper":"5","lower_inc":true,"upper_inc":true}"#
     );
 
@@ -440,7 +473,12 @@ fn composites() {
         (701, Some(&(-2.0f64).to_be_bytes())),
     ]);
     let tags = array(25, &[(1, 1)], &[Some(b"t")]);
-    let raw = record(&[(25, Some(b"sq")), (0, Some(&at)), (1009, Some(&tags)), (25, None)]);
+    let raw = record(&[
+        (25, Some(b"sq")),
+        (0, Some(&at)),
+        (1009, Some(&tags)),
+        (25, None),
+    ]);
     assert_eq!(
         ok(&outer, &raw),
         r#"{"name \"q\"":"sq","at":{"x":1.5,"y":-2.0},"tags":["t"],"note":null}"#
@@ -453,7 +491,12 @@ fn composites() {
     fails(&inner, &trailing);
     let e = fails(
         &outer,
-        &record(&[(25, Some(b"sq")), (0, Some(&[0, 0, 0, 2])), (1009, None), (25, None)]),
+        &record(&[
+            (25, Some(b"sq")),
+            (0, Some(&[0, 0, 0, 2])),
+            (1009, None),
+            (25, None),
+        ]),
     );
     assert!(e.to_string().contains("point2"), "{e}");
 }
@@ -473,7 +516,10 @@ fn anonymous_records() {
     for _ in 0..10 {
         nested = record(&[(2249, Some(&nested))]);
     }
-    assert_eq!(ok(&Type::RECORD, &nested), format!("{}1{}", "[".repeat(11), "]".repeat(11)));
+    assert_eq!(
+        ok(&Type::RECORD, &nested),
+        format!("{}1{}", "[".repeat(11), "]".repeat(11))
+    );
     for _ in 0..40 {
         nested = record(&[(2249, Some(&nested))]);
     }
@@ -502,7 +548,10 @@ fn check_no_panic(ty: &Type, raw: &[u8]) {
     let mut out = Vec::new();
     if write_value(&mut out, ty, Some(raw)).is_ok() {
         if let Err(e) = serde_json::from_slice::<serde_json::Value>(&out) {
-            panic!("{ty} {raw:?}: invalid JSON {:?}: {e}", String::from_utf8_lossy(&out));
+            panic!(
+                "{ty} {raw:?}: invalid JSON {:?}: {e}",
+                String::from_utf8_lossy(&out)
+            );
         }
     } else {
         assert!(out.is_empty());
@@ -560,11 +609,17 @@ fn every_prefix_of_valid_values_is_handled() {
         (Type::INT4_RANGE, rng.clone()),
         (comp.clone(), rec.clone()),
         (Type::RECORD, rec),
-        (Type::NUMERIC, vec![0, 2, 0, 0, 0, 0, 0, 4, 0, 123, 0x11, 0x94]),
+        (
+            Type::NUMERIC,
+            vec![0, 2, 0, 0, 0, 0, 0, 4, 0, 123, 0x11, 0x94],
+        ),
         (Type::INTERVAL, interval(1, 2, 3)),
     ];
     for (ty, raw) in cases {
-        assert!(write_value(&mut Vec::new(), &ty, Some(&raw)).is_ok(), "{ty}");
+        assert!(
+            write_value(&mut Vec::new(), &ty, Some(&raw)).is_ok(),
+            "{ty}"
+        );
         for cut in 0..raw.len() {
             check_no_panic(&ty, &raw[..cut]);
         }

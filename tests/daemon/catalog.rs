@@ -81,7 +81,8 @@ async fn a_schema_change_is_healed_by_preparing_again() {
     let r = c.call_ok(json!({"op": "query", "handle": handle})).await;
     assert_eq!(r["rows"], json!([[1]]));
 
-    db.setup("ALTER TABLE t ADD COLUMN b text DEFAULT 'new'").await;
+    db.setup("ALTER TABLE t ADD COLUMN b text DEFAULT 'new'")
+        .await;
 
     let r = c.call_ok(json!({"op": "query", "handle": handle})).await;
     assert_eq!(

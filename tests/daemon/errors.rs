@@ -28,20 +28,16 @@ async fn unique_violation_carries_sqlstate_detail_and_constraint() {
         )
         .await;
     assert_eq!(e["severity"], json!("ERROR"), "{e}");
-    assert!(
-        e["message"].as_str().unwrap().contains("users_pkey"),
-        "{e}"
-    );
-    assert_eq!(
-        e["detail"],
-        json!("Key (id)=(1) already exists."),
-        "{e}"
-    );
+    assert!(e["message"].as_str().unwrap().contains("users_pkey"), "{e}");
+    assert_eq!(e["detail"], json!("Key (id)=(1) already exists."), "{e}");
     assert_eq!(e["constraint"], json!("users_pkey"), "{e}");
     assert_eq!(e["table"], json!("users"), "{e}");
     assert_eq!(e["schema"], json!("public"), "{e}");
     // The connection stays usable.
-    assert_eq!(c.scalar("SELECT count(*) FROM users", json!([])).await, json!(1));
+    assert_eq!(
+        c.scalar("SELECT count(*) FROM users", json!([])).await,
+        json!(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +59,10 @@ async fn syntax_error_and_undefined_table_carry_a_position() {
 
     // prepare reports the same errors.
     let e = c
-        .expect_error(json!({"op": "prepare", "sql": "SELECT * FROM nope"}), "42P01")
+        .expect_error(
+            json!({"op": "prepare", "sql": "SELECT * FROM nope"}),
+            "42P01",
+        )
         .await;
     assert_eq!(e["position"], json!(15), "{e}");
 }
@@ -114,7 +113,11 @@ async fn bad_json_is_answered_with_a_null_id_and_the_connection_stays() {
         c.send_raw(&frame(body)).await;
         let r = c.recv().await;
         assert_eq!(r["ok"], json!(false), "body {body:?}: {r}");
-        assert_eq!(r["error"]["code"], json!("bad_request"), "body {body:?}: {r}");
+        assert_eq!(
+            r["error"]["code"],
+            json!("bad_request"),
+            "body {body:?}: {r}"
+        );
         assert_eq!(r["id"], Value::Null, "body {body:?}: {r}");
     }
     let r = c.call_ok(json!({"op": "ping"})).await;
@@ -152,12 +155,10 @@ async fn requests_are_strict_about_their_fields() {
         "bad_request",
     )
     .await;
-    c.expect_error(json!({"op": "connect"}), "bad_request").await;
-    c.expect_error(
-        json!({"op": "pipeline", "sql": "SELECT 1"}),
-        "bad_request",
-    )
-    .await;
+    c.expect_error(json!({"op": "connect"}), "bad_request")
+        .await;
+    c.expect_error(json!({"op": "pipeline", "sql": "SELECT 1"}), "bad_request")
+        .await;
     c.expect_error(
         json!({"op": "batch", "statements": [{"sql": "SELECT 1", "parms": []}]}),
         "bad_request",
@@ -176,7 +177,10 @@ async fn requests_are_strict_about_their_fields() {
     let r = c.recv().await;
     assert_eq!(r["error"]["code"], json!("bad_request"), "{r}");
 
-    assert_eq!(c.scalar("SELECT 'still here'", json!([])).await, json!("still here"));
+    assert_eq!(
+        c.scalar("SELECT 'still here'", json!([])).await,
+        json!("still here")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,8 +226,11 @@ async fn wrong_parameters_are_bad_parameter() {
     let daemon = db.daemon().await;
     let mut c = daemon.connected().await;
     let sql = "SELECT $1::int4 + $2::int4 AS sum";
-    c.expect_error(json!({"op": "query", "sql": sql, "params": [1]}), "bad_parameter")
-        .await;
+    c.expect_error(
+        json!({"op": "query", "sql": sql, "params": [1]}),
+        "bad_parameter",
+    )
+    .await;
     c.expect_error(
         json!({"op": "query", "sql": sql, "params": [1, 2, 3]}),
         "bad_parameter",
@@ -257,10 +264,7 @@ async fn wrong_parameters_are_bad_parameter() {
         "22P02",
     )
     .await;
-    assert_eq!(
-        c.query(sql, json!([40, "2"])).await["rows"],
-        json!([[42]])
-    );
+    assert_eq!(c.query(sql, json!([40, "2"])).await["rows"], json!([[42]]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +339,11 @@ async fn transaction_control_sql_is_refused() {
                 .expect_error(json!({"op": op, "sql": sql}), "bad_request")
                 .await;
             assert!(
-                e["message"].as_str().unwrap().to_lowercase().contains("begin"),
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains("begin"),
                 "{op} {sql:?}: the message points to the ops: {e}"
             );
         }

@@ -71,7 +71,7 @@ async fn a_daemon_started_while_postgresql_is_down_serves_once_it_is_up() {
         started.elapsed()
     );
 
-    let mut cluster = blocking(move || {
+    let cluster = blocking(move || {
         cluster.start().expect("restart the private cluster");
         cluster
     })

@@ -84,7 +84,9 @@ async fn session_state_does_not_leak_between_clients() {
     let mut first = daemon.connected().await;
     let default_path = first.scalar("SHOW search_path", json!([])).await;
     let backend = first.scalar("SELECT pg_backend_pid()", json!([])).await;
-    first.execute("SET search_path TO pg_catalog", json!([])).await;
+    first
+        .execute("SET search_path TO pg_catalog", json!([]))
+        .await;
     first
         .execute("SET application_name TO 'leaky'", json!([]))
         .await;
@@ -96,7 +98,9 @@ async fn session_state_does_not_leak_between_clients() {
     first
         .execute("SET statement_timeout TO '1234ms'", json!([]))
         .await;
-    first.query("SELECT pg_advisory_lock(4242)", json!([])).await;
+    first
+        .query("SELECT pg_advisory_lock(4242)", json!([]))
+        .await;
     first.call_ok(json!({"op": "commit"})).await;
     drop(first);
 
@@ -152,7 +156,7 @@ async fn fifty_pipelined_requests_are_answered_in_order() {
                 json!({
                     "id": 1000 + i,
                     "op": "query",
-                    "sql": "SELECT $1::int AS n, pg_sleep($2::float8) IS NULL AS slept",
+                    "sql": "SELECT $1::int AS n FROM pg_sleep($2::float8)",
                     "params": [i, format!("{}", f64::from(50 - i) * 0.002)],
                 })
             }
@@ -169,7 +173,7 @@ async fn fifty_pipelined_requests_are_answered_in_order() {
             assert_eq!(r["error"]["code"], json!("42P01"), "{r}");
         } else {
             assert_eq!(r["ok"], json!(true), "{r}");
-            assert_eq!(r["rows"], json!([[i, true]]), "{r}");
+            assert_eq!(r["rows"], json!([[i]]), "{r}");
         }
     }
     c.call_ok(json!({"op": "ping"})).await;
@@ -261,5 +265,8 @@ async fn many_clients_share_a_small_pool() {
         .await
         .expect("pg_stat_activity")
         .get(0);
-    assert!(backends <= 2, "20 clients used {backends} backends with pool_max 2");
+    assert!(
+        backends <= 2,
+        "20 clients used {backends} backends with pool_max 2"
+    );
 }

@@ -26,7 +26,11 @@ async fn the_socket_directory_is_created_and_the_mode_defaults_to_0660() {
     let daemon = TestDaemon::start_config(cfg, dir).await;
     assert_eq!(daemon.socket_path(), socket.as_path());
     let meta = std::fs::metadata(&socket).expect("the socket exists");
-    assert!(meta.file_type().is_socket(), "{} is a socket", socket.display());
+    assert!(
+        meta.file_type().is_socket(),
+        "{} is a socket",
+        socket.display()
+    );
     assert_eq!(mode_of(&socket), 0o660);
     let mut c = daemon.connected().await;
     assert_eq!(c.scalar("SELECT 1", json!([])).await, json!(1));
@@ -40,20 +44,40 @@ async fn socket_mode_is_configurable() {
         .daemon_with(|cfg| cfg.ipc.socket_mode = qail_daemon::config::SocketMode(0o600))
         .await;
     assert_eq!(mode_of(daemon.socket_path()), 0o600);
-    daemon.connected().await.call_ok(json!({"op": "ping"})).await;
+    daemon
+        .connected()
+        .await
+        .call_ok(json!({"op": "ping"}))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_plain_file_at_the_socket_path_is_replaced() {
+async fn a_plain_file_at_the_socket_path_is_left_alone_with_a_clear_error() {
+    // Only a *socket* nobody listens on is stale; a regular file may be anything (a typo in
+    // `[ipc] socket` must not delete data), so the daemon refuses to start and says why.
     let db = TestDb::new().await;
     let dir = temp_dir();
     let socket = dir.path().join("qail.sock");
-    std::fs::write(&socket, "left over").expect("write the stale file");
+    std::fs::write(&socket, "not a socket").expect("write the plain file");
     let cfg = base_config(db.cluster, &db.name, &socket);
-    let daemon = TestDaemon::start_config(cfg, dir).await;
-    assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
-    let mut c = daemon.connected().await;
-    assert_eq!(c.scalar("SELECT 'fresh'", json!([])).await, json!("fresh"));
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        qail_daemon::app::Daemon::bind(cfg),
+    )
+    .await
+    .expect("bind timed out");
+    let message = match result {
+        Ok(_) => panic!("the daemon replaced a regular file at its socket path"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains(&socket.display().to_string()) && message.contains("not a socket"),
+        "the error names the path and the reason: {message}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&socket).expect("the file is still there"),
+        "not a socket"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,9 @@ impl Captures {
                     .clone(),
                 None => value.clone(),
             },
-            Value::Array(items) => Value::Array(items.iter().map(|v| self.resolve(v, at)).collect()),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|v| self.resolve(v, at)).collect())
+            }
             Value::Object(map) => Value::Object(
                 map.iter()
                     .map(|(k, v)| (k.clone(), self.resolve(v, at)))
@@ -62,7 +64,12 @@ impl Captures {
 
 /// Checks `actual` against `expected` by the documented matching rules; on a mismatch returns
 /// the JSON path and what differs.
-fn matches(expected: &Value, actual: &Value, path: &str, captures: &mut Captures) -> Result<(), String> {
+fn matches(
+    expected: &Value,
+    actual: &Value,
+    path: &str,
+    captures: &mut Captures,
+) -> Result<(), String> {
     if let Value::String(s) = expected {
         let by_type = |ok: bool, what: &str| {
             if ok {
@@ -147,7 +154,10 @@ async fn run_vector_file(path: &Path) {
         .as_array()
         .unwrap_or_else(|| panic!("{file}: setup is a list of SQL strings"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("{file}: setup holds strings")))
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{file}: setup holds strings"))
+        })
         .collect();
     if !setup.is_empty() {
         db.setup(&setup.join(";\n")).await;
@@ -163,7 +173,9 @@ async fn run_vector_file(path: &Path) {
             client.send(&captures.resolve(request, &at)).await;
             expect_frame(&mut client, &step["expect"], &at, &mut captures).await;
         } else if let Some(hex) = step.get("send_raw_hex") {
-            let hex = hex.as_str().unwrap_or_else(|| panic!("{at}: hex is a string"));
+            let hex = hex
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: hex is a string"));
             client.send_raw(&hex_bytes(hex, &at)).await;
             expect_frame(&mut client, &step["expect"], &at, &mut captures).await;
         } else if let Some(requests) = step.get("send_many") {
@@ -171,7 +183,9 @@ async fn run_vector_file(path: &Path) {
             for request in requests {
                 client.send(&captures.resolve(request, &at)).await;
             }
-            let expected = step["expect_many"].as_array().expect("expect_many is a list");
+            let expected = step["expect_many"]
+                .as_array()
+                .expect("expect_many is a list");
             assert_eq!(
                 expected.len(),
                 requests.len(),
@@ -187,7 +201,11 @@ async fn run_vector_file(path: &Path) {
             if let Some(extra) = client.try_recv().await {
                 panic!("{at}: expected the connection to be closed, got {extra}");
             }
-            assert_eq!(n + 1, steps.len(), "{at}: steps after expect_closed cannot run");
+            assert_eq!(
+                n + 1,
+                steps.len(),
+                "{at}: steps after expect_closed cannot run"
+            );
         }
     }
     daemon.shutdown().await;
@@ -204,10 +222,22 @@ fn the_matcher_follows_the_documented_rules() {
         c.resolve(&json!({"handle": "$ref:h", "n": [1]}), "t"),
         json!({"handle": "h1", "n": [1]})
     );
-    assert!(matches(&json!({"rows": [[1]]}), &got, "$", &mut c).is_err(), "array length");
-    assert!(matches(&json!({"missing": 1}), &got, "$", &mut c).is_err(), "missing key");
-    assert!(matches(&json!({"id": "$string"}), &got, "$", &mut c).is_err(), "type");
-    assert!(matches(&json!({"id": 2}), &got, "$", &mut c).is_err(), "scalar");
+    assert!(
+        matches(&json!({"rows": [[1]]}), &got, "$", &mut c).is_err(),
+        "array length"
+    );
+    assert!(
+        matches(&json!({"missing": 1}), &got, "$", &mut c).is_err(),
+        "missing key"
+    );
+    assert!(
+        matches(&json!({"id": "$string"}), &got, "$", &mut c).is_err(),
+        "type"
+    );
+    assert!(
+        matches(&json!({"id": 2}), &got, "$", &mut c).is_err(),
+        "scalar"
+    );
     assert_eq!(matches(&json!("$number"), &json!(1.5), "$", &mut c), Ok(()));
     assert_eq!(matches(&json!("$any"), &json!(null), "$", &mut c), Ok(()));
     assert!(matches(&json!("$integer"), &json!(1.5), "$", &mut c).is_err());
@@ -230,7 +260,10 @@ fn every_area_has_a_vector_file() {
         "errors",
         "values",
     ] {
-        assert!(names.iter().any(|n| n == area), "no {area}.json in {names:?}");
+        assert!(
+            names.iter().any(|n| n == area),
+            "no {area}.json in {names:?}"
+        );
     }
 }
 

@@ -153,7 +153,11 @@ impl RawClient {
     pub async fn expect_error(&mut self, request: Value, code: &str) -> Value {
         let shown = request.to_string();
         let error = self.call_err(request).await;
-        assert_eq!(error["code"], json!(code), "wrong error for {shown}: {error}");
+        assert_eq!(
+            error["code"],
+            json!(code),
+            "wrong error for {shown}: {error}"
+        );
         error
     }
 

@@ -171,7 +171,10 @@ impl TestDaemon {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let task = self.task.take().expect("the daemon task is present until shutdown");
+        let task = self
+            .task
+            .take()
+            .expect("the daemon task is present until shutdown");
         let result = tokio::time::timeout(SHUTDOWN_TIMEOUT, task)
             .await
             .expect("the daemon did not shut down in time")

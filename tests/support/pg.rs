@@ -187,10 +187,11 @@ impl PgCluster {
         config
             .application_name("qail-tests")
             .connect_timeout(Duration::from_secs(10));
-        let (client, connection) = tokio::time::timeout(Duration::from_secs(15), config.connect(NoTls))
-            .await
-            .unwrap_or_else(|_| panic!("connecting to database {database} timed out"))
-            .unwrap_or_else(|e| panic!("connecting to database {database}: {e}"));
+        let (client, connection) =
+            tokio::time::timeout(Duration::from_secs(15), config.connect(NoTls))
+                .await
+                .unwrap_or_else(|_| panic!("connecting to database {database} timed out"))
+                .unwrap_or_else(|e| panic!("connecting to database {database}: {e}"));
         tokio::spawn(async move {
             let _ = connection.await;
         });

@@ -81,7 +81,10 @@ impl Op {
 
     /// Ops that run SQL on an upstream.
     pub fn is_sql(self) -> bool {
-        matches!(self, Op::Prepare | Op::Query | Op::Execute | Op::Pipeline | Op::Batch)
+        matches!(
+            self,
+            Op::Prepare | Op::Query | Op::Execute | Op::Pipeline | Op::Batch
+        )
     }
 
     /// Ops that may run concurrently with their neighbours (outside a transaction): they do
@@ -129,7 +132,10 @@ pub async fn run_sql(
             Op::Execute => statements::query(up, conn, in_tx, req, reply, false).await,
             Op::Pipeline => pipeline::pipeline(up, conn, in_tx, req, reply).await,
             Op::Batch => pipeline::batch(up, conn, in_tx, req, reply).await,
-            _ => Err(Error::new(Code::Internal, format!("{} is not a SQL op", op.as_str()))),
+            _ => Err(Error::new(
+                Code::Internal,
+                format!("{} is not a SQL op", op.as_str()),
+            )),
         }
     };
     let result = match bounded(limit, cancel, work).await {

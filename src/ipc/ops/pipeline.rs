@@ -14,7 +14,8 @@ use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, Target};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
-    convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields, Outcome,
+    convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields,
+    Outcome,
 };
 use crate::upstream::Upstream;
 use crate::values::TextParam;
@@ -192,17 +193,27 @@ async fn open_atomic(conn: &mut PgConn, atomic: bool, in_transaction: bool) -> R
     match (atomic, in_transaction) {
         (false, _) => Ok(()),
         (true, false) => Ok(conn.client.batch_execute("BEGIN").await?),
-        (true, true) => Ok(conn.client.batch_execute(&format!("SAVEPOINT {SAVEPOINT}")).await?),
+        (true, true) => Ok(conn
+            .client
+            .batch_execute(&format!("SAVEPOINT {SAVEPOINT}"))
+            .await?),
     }
 }
 
-async fn close_atomic(conn: &mut PgConn, atomic: bool, in_transaction: bool, success: bool) -> Result<(), Error> {
+async fn close_atomic(
+    conn: &mut PgConn,
+    atomic: bool,
+    in_transaction: bool,
+    success: bool,
+) -> Result<(), Error> {
     let sql = match (atomic, in_transaction, success) {
         (false, _, _) => return Ok(()),
         (true, false, true) => "COMMIT".to_string(),
         (true, false, false) => "ROLLBACK".to_string(),
         (true, true, true) => format!("RELEASE SAVEPOINT {SAVEPOINT}"),
-        (true, true, false) => format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
+        (true, true, false) => {
+            format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
+        }
     };
     let result = conn.client.batch_execute(&sql).await;
     if result.is_err() {

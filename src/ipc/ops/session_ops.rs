@@ -17,7 +17,12 @@ use super::statements::missing;
 pub const PROTOCOL: u32 = 1;
 
 /// `hello`: checks the protocol and the token. Returns whether the session is now authenticated.
-pub fn hello(shared: &Shared, session: &str, req: &Request<'_>, reply: &mut Reply) -> Result<bool, Error> {
+pub fn hello(
+    shared: &Shared,
+    session: &str,
+    req: &Request<'_>,
+    reply: &mut Reply,
+) -> Result<bool, Error> {
     let protocol = req.protocol.ok_or_else(|| missing("protocol", "hello"))?;
     if protocol != PROTOCOL {
         return Err(Error::new(
@@ -47,8 +52,15 @@ pub fn hello(shared: &Shared, session: &str, req: &Request<'_>, reply: &mut Repl
 }
 
 /// `connect`: selects a configured upstream by name.
-pub fn connect(shared: &Shared, req: &Request<'_>, reply: &mut Reply) -> Result<Arc<Upstream>, Error> {
-    let name = req.upstream.as_deref().ok_or_else(|| missing("upstream", "connect"))?;
+pub fn connect(
+    shared: &Shared,
+    req: &Request<'_>,
+    reply: &mut Reply,
+) -> Result<Arc<Upstream>, Error> {
+    let name = req
+        .upstream
+        .as_deref()
+        .ok_or_else(|| missing("upstream", "connect"))?;
     let up = shared.supervisor.get(name).ok_or_else(|| {
         let shown: String = name.chars().take(64).collect();
         Error::new(
@@ -64,9 +76,15 @@ pub fn connect(shared: &Shared, req: &Request<'_>, reply: &mut Reply) -> Result<
 }
 
 /// `connect_pg`: selects the upstream matching the seed's credentials call.
-pub async fn connect_pg(shared: &Shared, req: &Request<'_>, reply: &mut Reply) -> Result<Arc<Upstream>, Error> {
+pub async fn connect_pg(
+    shared: &Shared,
+    req: &Request<'_>,
+    reply: &mut Reply,
+) -> Result<Arc<Upstream>, Error> {
     let field = |v: &Option<std::borrow::Cow<'_, str>>, name: &str| {
-        v.as_deref().map(str::to_owned).ok_or_else(|| missing(name, "connect_pg"))
+        v.as_deref()
+            .map(str::to_owned)
+            .ok_or_else(|| missing(name, "connect_pg"))
     };
     let host = field(&req.host, "host")?;
     let user = field(&req.user, "user")?;

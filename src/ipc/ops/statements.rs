@@ -11,7 +11,9 @@ use crate::upstream::Upstream;
 /// The SQL of a `prepare` request.
 pub fn prepare_sql<'r>(req: &'r Request<'_>) -> Result<&'r str, Error> {
     if req.handle.is_some() {
-        return Err(Error::bad_request("op \"prepare\" takes \"sql\", not \"handle\""));
+        return Err(Error::bad_request(
+            "op \"prepare\" takes \"sql\", not \"handle\"",
+        ));
     }
     req.sql.as_deref().ok_or_else(|| missing("sql", "prepare"))
 }
@@ -28,7 +30,12 @@ pub fn prepare_cached(up: &Upstream, req: &Request<'_>, reply: &mut Reply) -> Re
 }
 
 /// `prepare` on a connection: prepares the statement and adds it to the shared catalogue.
-pub async fn prepare(up: &Upstream, conn: &mut PgConn, req: &Request<'_>, reply: &mut Reply) -> Result<(), Error> {
+pub async fn prepare(
+    up: &Upstream,
+    conn: &mut PgConn,
+    req: &Request<'_>,
+    reply: &mut Reply,
+) -> Result<(), Error> {
     let (entry, _) = prepare_on(up, conn, Target::Sql(prepare_sql(req)?)).await?;
     write_prepared(&entry, reply);
     Ok(())
@@ -58,7 +65,8 @@ pub async fn query(
     }
     let target = Target::from_fields(&req.sql, &req.handle, op)?;
     let params = req.params.as_deref().unwrap_or(&[]);
-    let (entry, stmt, outcome) = run_one(up, conn, target, params, with_rows, in_transaction).await?;
+    let (entry, stmt, outcome) =
+        run_one(up, conn, target, params, with_rows, in_transaction).await?;
     if with_rows {
         let mut columns = Vec::with_capacity(64);
         write_columns(&mut columns, stmt.columns());
@@ -76,5 +84,8 @@ pub async fn query(
 
 /// The error for an op that needs parameters in a shape it did not get.
 pub fn missing(field: &str, op: &str) -> Error {
-    Error::new(Code::BadRequest, format!("missing field \"{field}\" for op \"{op}\""))
+    Error::new(
+        Code::BadRequest,
+        format!("missing field \"{field}\" for op \"{op}\""),
+    )
 }

@@ -104,7 +104,9 @@ pub async fn abandon(mut tx: Tx) {
     let name = tx.up.name().to_string();
     match tokio::time::timeout(ABANDON_LIMIT, finish(&mut tx, "ROLLBACK")).await {
         Ok(Ok(())) => tracing::debug!(upstream = %name, "rolled back an abandoned transaction"),
-        Ok(Err(e)) => tracing::warn!(upstream = %name, error = %e, "rollback of an abandoned transaction failed; connection discarded"),
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %name, error = %e, "rollback of an abandoned transaction failed; connection discarded")
+        }
         Err(_) => {
             tx.conn.mark_broken();
             tracing::warn!(upstream = %name, "rollback of an abandoned transaction timed out; connection discarded");

@@ -1,0 +1,114 @@
+"""Protocol 1 plumbing: frame layout, the JSON codec and the default socket path.
+
+A frame is a 4-byte unsigned big-endian length followed by that many bytes of UTF-8 JSON
+holding one object (``docs/protocol.md``, "Transport and framing"). ``orjson`` is used for
+the JSON when it is installed, the standard :mod:`json` module otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from typing import Any, Callable, Dict, Optional
+
+__all__ = [
+    "PROTOCOL",
+    "SOCKET_ENV",
+    "HEADER",
+    "dumps",
+    "loads",
+    "encode_frame",
+    "default_socket_path",
+    "resolve_socket_path",
+    "recv_exact",
+    "read_frame",
+]
+
+#: The protocol version this package speaks.
+PROTOCOL = 1
+
+#: Environment variable naming the socket; shared with the daemon.
+SOCKET_ENV = "QAIL_SOCKET"
+
+#: The frame header: one unsigned 32-bit big-endian length.
+HEADER = struct.Struct(">I")
+
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack
+
+dumps: Callable[[Any], bytes]
+loads: Callable[[bytes], Any]
+
+try:  # pragma: no cover - which branch runs depends on the environment
+    import orjson as _orjson
+
+    dumps = _orjson.dumps
+    loads = _orjson.loads
+    JSON_CODEC = "orjson"
+except ImportError:  # pragma: no cover
+    _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    _encode = _encoder.encode
+
+    def dumps(obj: Any) -> bytes:
+        """Serialises ``obj`` to compact UTF-8 JSON."""
+        return _encode(obj).encode("utf-8")
+
+    loads = json.loads
+    JSON_CODEC = "json"
+
+
+def encode_frame(message: Dict[str, Any]) -> bytes:
+    """Returns ``message`` as one frame: length header plus JSON body."""
+    body = dumps(message)
+    return _pack_header(len(body)) + body
+
+
+def default_socket_path(
+    environ: Optional[Dict[str, str]] = None, uid: Optional[int] = None
+) -> str:
+    """The daemon's default socket path, ignoring ``QAIL_SOCKET``.
+
+    ``$XDG_RUNTIME_DIR/qail/qail.sock`` when ``XDG_RUNTIME_DIR`` is set, else
+    ``/run/qail/qail.sock`` for root and ``/tmp/qail-<uid>/qail.sock`` for anyone else.
+    """
+    env = os.environ if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "qail", "qail.sock")
+    if uid is None:
+        uid = os.getuid()
+    if uid == 0:
+        return "/run/qail/qail.sock"
+    return "/tmp/qail-%d/qail.sock" % uid
+
+
+def resolve_socket_path(
+    path: Optional[str] = None, environ: Optional[Dict[str, str]] = None
+) -> str:
+    """The socket to use: ``path`` if given, else ``QAIL_SOCKET``, else the default path."""
+    if path:
+        return os.fspath(path)
+    env = os.environ if environ is None else environ
+    return env.get(SOCKET_ENV) or default_socket_path(env)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """Reads exactly ``n`` bytes; raises :class:`EOFError` if the peer closes first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    recv_into = sock.recv_into
+    while got < n:
+        k = recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("the daemon closed the connection")
+        got += k
+    return buf
+
+
+def read_frame(sock: socket.socket) -> Any:
+    """Reads one frame from a blocking socket and returns the decoded JSON object."""
+    (length,) = _unpack_header(recv_exact(sock, 4))
+    return loads(recv_exact(sock, length))

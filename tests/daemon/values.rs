@@ -1,0 +1,1 @@
+//! Value representations (docs/values.md), both directions.
