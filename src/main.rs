@@ -1,13 +1,18 @@
 //! The `qail-daemon` binary: parse the command line, load the configuration, start logging,
-//! run the daemon until SIGTERM or SIGINT.
+//! run the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration file.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use qail_daemon::app::Daemon;
+use qail_daemon::app::{Daemon, Reloader};
 use qail_daemon::config::Config;
+
+/// The daemon allocates and frees many small buffers per row and per statement; mimalloc
+/// handles that pattern far better than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// One daemon that owns this host's PostgreSQL connections and serves local processes over a
 /// Unix socket.
@@ -45,11 +50,11 @@ fn main() -> ExitCode {
             eprintln!("qail-daemon: configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Run => run(config),
+        Command::Run => run(config, cli.config, env),
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, path: Option<PathBuf>, env: HashMap<String, String>) -> ExitCode {
     qail_daemon::telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -63,13 +68,16 @@ fn run(config: Config) -> ExitCode {
     };
     runtime.block_on(async {
         let daemon = match Daemon::bind(config).await {
-            Ok(d) => d,
+            Ok(d) => d.with_config_file(path, env),
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        match daemon.run(shutdown_signal()).await {
+        let reloads = tokio::spawn(reload_on_sighup(daemon.reloader()));
+        let result = daemon.run(shutdown_signal()).await;
+        reloads.abort();
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
@@ -77,6 +85,24 @@ fn run(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// Reloads the configuration on every SIGHUP, for as long as the daemon runs.
+async fn reload_on_sighup(reloader: Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload through the admin port only");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        if let Err(e) = reloader.reload().await {
+            tracing::error!(error = %e, "reload failed; the running configuration is unchanged");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

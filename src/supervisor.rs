@@ -4,6 +4,11 @@
 //! panics. Upstreams live in a map behind a std `RwLock` that is only held for lookups and
 //! inserts, never across an await. Dynamic upstreams (from `connect_pg`) are added only after
 //! PostgreSQL accepted their credentials.
+//!
+//! A reload ([`Supervisor::reconcile`]) compares the configured upstreams with the running ones
+//! by name: new names are started, missing names are removed, names whose settings changed are
+//! replaced by a fresh pool that keeps the catalogue (so handles stay valid), and the rest are
+//! left alone. Dynamic upstreams are never touched by a reload.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -14,11 +19,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::catalog::HandleGen;
+use crate::catalog::{HandleGen, StatementCache};
 use crate::config::{Config, PoolDefaults, Secret, UpstreamConfig};
 use crate::error::{Code, Error};
+use crate::metrics::Metrics;
 use crate::pg::conn::describe_connect_error;
-use crate::upstream::Upstream;
+use crate::upstream::{Lifecycle, Upstream};
+
+/// What a reload did to the configured upstreams (names, sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Settings changed: a new pool replaced the old one, keeping the catalogue.
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
 
 /// Credentials as `connect_pg` gives them.
 #[derive(Debug)]
@@ -40,12 +56,32 @@ pub struct Supervisor {
     dynamic_lock: tokio::sync::Mutex<()>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Supervisor {
     /// Starts one worker per configured upstream.
-    pub fn start(config: &Config, tracker: TaskTracker, cancel: CancellationToken) -> Arc<Self> {
-        let sup = Arc::new(Supervisor {
+    pub fn start(
+        config: &Config,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let sup = Self::empty(config, tracker, cancel, metrics);
+        for up in &config.upstreams {
+            sup.add(up.clone(), None);
+        }
+        sup
+    }
+
+    /// A supervisor with no upstream yet.
+    fn empty(
+        config: &Config,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Supervisor {
             upstreams: RwLock::new(HashMap::new()),
             handles: Arc::new(HandleGen::from_clock()),
             catalog_capacity: config.catalog.capacity,
@@ -55,9 +91,32 @@ impl Supervisor {
             dynamic_lock: tokio::sync::Mutex::new(()),
             tracker,
             cancel,
-        });
-        for up in &config.upstreams {
-            sup.add(up.clone());
+            metrics,
+        })
+    }
+
+    /// Test helper: a supervisor whose upstreams have no worker, so their health stays where
+    /// the test puts it.
+    #[cfg(test)]
+    pub(crate) fn without_workers(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        let sup = Self::empty(
+            config,
+            TaskTracker::new(),
+            CancellationToken::new(),
+            metrics,
+        );
+        for c in &config.upstreams {
+            let up = Upstream::new(
+                c.clone(),
+                sup.catalog_capacity,
+                sup.handles.clone(),
+                sup.cancel.child_token(),
+                Some(sup.metrics.checkout_wait(&c.name)),
+            );
+            sup.upstreams
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(c.name.clone(), up);
         }
         sup
     }
@@ -66,19 +125,31 @@ impl Supervisor {
         self.upstreams.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates an upstream and spawns its supervised worker.
-    fn add(&self, config: UpstreamConfig) -> Arc<Upstream> {
-        let up = Upstream::new(
-            config,
-            self.catalog_capacity,
-            self.handles.clone(),
-            self.cancel.child_token(),
-        );
+    /// Creates an upstream (around `catalog` when given) and spawns its supervised worker. An
+    /// upstream of the same name is replaced and retired.
+    fn add(&self, config: UpstreamConfig, catalog: Option<Arc<StatementCache>>) -> Arc<Upstream> {
+        let checkout_wait = Some(self.metrics.checkout_wait(&config.name));
+        let up = match catalog {
+            Some(catalog) => {
+                Upstream::with_catalog(config, catalog, self.cancel.child_token(), checkout_wait)
+            }
+            None => Upstream::new(
+                config,
+                self.catalog_capacity,
+                self.handles.clone(),
+                self.cancel.child_token(),
+                checkout_wait,
+            ),
+        };
         let name = up.name().to_string();
-        self.upstreams
+        let old = self
+            .upstreams
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.clone(), up.clone());
+        if let Some(old) = old {
+            old.retire(Lifecycle::Replaced);
+        }
         let span = tracing::info_span!("upstream", upstream = %name);
         let guarded = up.clone();
         let worker_span = span.clone();
@@ -108,6 +179,64 @@ impl Supervisor {
             .instrument(span),
         );
         up
+    }
+
+    /// Removes an upstream: its checkouts fail from now on and its worker stops.
+    fn remove(&self, name: &str) -> Option<Arc<Upstream>> {
+        let old = self
+            .upstreams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(up) = &old {
+            up.retire(Lifecycle::Removed);
+            self.metrics.forget_upstream(name);
+        }
+        old
+    }
+
+    /// Brings the configured upstreams in line with `wanted` (already validated); see the
+    /// module docs. Dynamic upstreams are kept.
+    pub fn reconcile(&self, wanted: &[UpstreamConfig]) -> UpstreamChanges {
+        let mut changes = UpstreamChanges::default();
+        let running: Vec<Arc<Upstream>> = self
+            .all()
+            .into_iter()
+            .filter(|up| !is_dynamic(up.name()))
+            .collect();
+        for up in &running {
+            if !wanted.iter().any(|w| w.name == up.name()) {
+                tracing::info!(upstream = %up.name(), "reload: removing upstream");
+                self.remove(up.name());
+                changes.removed.push(up.name().to_string());
+            }
+        }
+        for w in wanted {
+            match running.iter().find(|up| up.name() == w.name) {
+                None => {
+                    tracing::info!(upstream = %w.name, "reload: adding upstream");
+                    self.add(w.clone(), None);
+                    changes.added.push(w.name.clone());
+                }
+                Some(up) if same_settings(&up.config, w) => {
+                    changes.unchanged.push(w.name.clone());
+                }
+                Some(up) => {
+                    tracing::info!(upstream = %w.name, "reload: settings changed; replacing the pool, keeping the catalogue");
+                    self.add(w.clone(), Some(up.catalog.clone()));
+                    changes.changed.push(w.name.clone());
+                }
+            }
+        }
+        for list in [
+            &mut changes.added,
+            &mut changes.removed,
+            &mut changes.changed,
+            &mut changes.unchanged,
+        ] {
+            list.sort();
+        }
+        changes
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
@@ -160,6 +289,7 @@ impl Supervisor {
             1,
             self.handles.clone(),
             CancellationToken::new(),
+            None,
         );
         if let Err(e) = candidate.probe().await {
             let reason = describe_connect_error(&e);
@@ -178,7 +308,7 @@ impl Supervisor {
             });
         }
         tracing::info!(upstream = %config.name, "starting dynamic upstream");
-        Ok(self.add(config))
+        Ok(self.add(config, None))
     }
 
     fn find(&self, c: &Credentials<'_>) -> Option<Arc<Upstream>> {
@@ -198,6 +328,20 @@ impl Supervisor {
     pub fn shutdown(&self) {
         self.cancel.cancel();
     }
+}
+
+/// Upstreams started by `connect_pg` (configured names may not start with `dyn:`).
+fn is_dynamic(name: &str) -> bool {
+    name.starts_with("dyn:")
+}
+
+/// Whether two configurations of one upstream would build the same pool. Compares the
+/// serialised settings (every field, present and future) plus the resolved password, which
+/// serialisation redacts.
+fn same_settings(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    let settings = |c: &UpstreamConfig| serde_json::to_value(c).ok();
+    let (sa, sb) = (settings(a), settings(b));
+    sa.is_some() && sa == sb && a.password().expose() == b.password().expose()
 }
 
 fn check_password(up: &Upstream, given: &str) -> Result<(), Error> {
@@ -231,7 +375,21 @@ fn same_host(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same_host;
+    use super::{same_host, same_settings};
+    use crate::config::{PoolDefaults, Secret, UpstreamConfig};
+
+    #[test]
+    fn settings_comparison_sees_passwords_and_sizes() {
+        let pool = PoolDefaults::default();
+        let a = UpstreamConfig::dynamic("h", 5432, "u", "d", Secret::new("one"), &pool);
+        let mut b = a.clone();
+        assert!(same_settings(&a, &b));
+        b.password = Some(Secret::new("two"));
+        assert!(!same_settings(&a, &b), "a password change is a change");
+        let mut c = a.clone();
+        c.pool_max += 1;
+        assert!(!same_settings(&a, &c));
+    }
 
     #[test]
     fn loopback_names_are_one_host() {

@@ -4,12 +4,18 @@
 //! The pool is built without connecting, so the daemon starts even when PostgreSQL is down; the
 //! worker's health loop finds out and flips the state. While an upstream is known to be down,
 //! requests fail at once with `upstream_unavailable` instead of waiting out the checkout timeout.
+//!
+//! Besides health, an upstream has an operator switch (`pause`: checkouts fail at once) and a
+//! lifecycle set by reloads: a *replaced* upstream still serves the sessions that hold it until
+//! they move to its successor; a *removed* one refuses checkouts. Checkout waits are measured
+//! (waiter gauge, wait histogram) here, where the waiting happens.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bb8::{Pool, PooledConnection, RunError};
+use prometheus::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{HandleGen, StatementCache};
@@ -40,15 +46,32 @@ impl Health {
     }
 }
 
+/// Where an upstream is in its life, as reloads move it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    /// In the supervisor's map, serving.
+    Active,
+    /// A reload changed its settings; a successor with the same name took its place. It keeps
+    /// serving whoever still holds it (an open transaction) until they let go.
+    Replaced,
+    /// A reload removed it from the configuration; checkouts fail.
+    Removed,
+}
+
 /// Pool figures for stats.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PoolStats {
     pub name: String,
     pub health: Health,
+    pub paused: bool,
+    pub required: bool,
     pub size: u32,
     pub idle: u32,
     pub in_use: u32,
     pub max: u32,
+    /// Requests waiting for a connection right now.
+    pub waiters: u64,
     pub checkouts: u64,
     pub checkout_timeouts: u64,
     pub errors: u64,
@@ -57,13 +80,37 @@ pub struct PoolStats {
 /// One pooled upstream database.
 pub struct Upstream {
     pub config: UpstreamConfig,
-    pub catalog: StatementCache,
+    /// Shared with a successor when a reload replaces this upstream.
+    pub catalog: Arc<StatementCache>,
     manager: PgManager,
     pool: Pool<PgManager>,
     health: AtomicU8,
     errors: AtomicU64,
+    paused: AtomicBool,
+    lifecycle: AtomicU8,
+    /// `checkout()` calls waiting for the pool right now.
+    waiters: AtomicU64,
+    /// Time spent waiting for a pooled connection; `None` for throwaway upstreams (credential
+    /// probes) whose metrics are not exported.
+    checkout_wait: Option<Histogram>,
     /// Cancelled when the upstream is removed or the daemon stops.
     pub cancel: CancellationToken,
+}
+
+/// Counts one waiting `checkout()` for as long as it lives (also when the wait is cancelled).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn start(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -76,13 +123,27 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the pool (without connecting) and the catalogue.
+    /// Builds the pool (without connecting) and a new catalogue.
     pub fn new(
         config: UpstreamConfig,
         catalog_capacity: usize,
         handles: Arc<HandleGen>,
         cancel: CancellationToken,
+        checkout_wait: Option<Histogram>,
     ) -> Arc<Upstream> {
+        let catalog = Arc::new(StatementCache::new(catalog_capacity, handles));
+        Self::with_catalog(config, catalog, cancel, checkout_wait)
+    }
+
+    /// Builds the pool (without connecting) around an existing catalogue, so a reload that
+    /// resizes an upstream keeps its statements and the handles clients hold.
+    pub fn with_catalog(
+        config: UpstreamConfig,
+        catalog: Arc<StatementCache>,
+        cancel: CancellationToken,
+        checkout_wait: Option<Histogram>,
+    ) -> Arc<Upstream> {
+        let catalog_capacity = catalog.capacity();
         let manager = PgManager::new(&config, catalog_capacity);
         let pool = Pool::builder()
             .max_size(config.pool_max)
@@ -93,11 +154,15 @@ impl Upstream {
             .idle_timeout(Some(Duration::from_secs(600)))
             .build_unchecked(manager.clone());
         Arc::new(Upstream {
-            catalog: StatementCache::new(catalog_capacity, handles),
+            catalog,
             manager,
             pool,
             health: AtomicU8::new(0),
             errors: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            lifecycle: AtomicU8::new(0),
+            waiters: AtomicU64::new(0),
+            checkout_wait,
             cancel,
             config,
         })
@@ -111,7 +176,7 @@ impl Upstream {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }
 
-    fn set_health(&self, h: Health) -> Health {
+    pub(crate) fn set_health(&self, h: Health) -> Health {
         let v = match h {
             Health::Unknown => 0,
             Health::Up => 1,
@@ -125,14 +190,85 @@ impl Upstream {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Up to `n` connections that are free right now, without waiting (used to spread one
+    /// large pipeline over several connections). Asking also lets the pool grow toward
+    /// `pool_max` in the background.
+    pub async fn checkout_idle(&self, n: usize) -> Vec<Checkout> {
+        let mut extra = Vec::new();
+        while extra.len() < n {
+            // A zero timeout still polls the checkout once: an idle connection is returned
+            // synchronously by that poll, otherwise nothing is free.
+            match tokio::time::timeout(Duration::ZERO, self.pool.get_owned()).await {
+                Ok(Ok(conn)) => extra.push(conn),
+                _ => break,
+            }
+        }
+        extra
+    }
+
+    /// Whether an operator paused this upstream (checkouts fail at once).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Pauses (`true`) or resumes (`false`) checkouts; returns the previous setting.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        self.paused.swap(paused, Ordering::Relaxed)
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.lifecycle.load(Ordering::Relaxed) {
+            1 => Lifecycle::Replaced,
+            2 => Lifecycle::Removed,
+            _ => Lifecycle::Active,
+        }
+    }
+
+    /// Takes the upstream out of service after a reload and stops its worker.
+    pub(crate) fn retire(&self, how: Lifecycle) {
+        let v = match how {
+            Lifecycle::Active => 0,
+            Lifecycle::Replaced => 1,
+            Lifecycle::Removed => 2,
+        };
+        self.lifecycle.store(v, Ordering::Relaxed);
+        self.cancel.cancel();
+    }
+
     /// Borrows a pooled connection for one request or one transaction.
     pub async fn checkout(&self) -> Result<Checkout, Error> {
+        if self.is_paused() {
+            return Err(Error::new(
+                Code::UpstreamUnavailable,
+                format!(
+                    "upstream \"{}\" is paused by an operator (POST /upstreams/{}/resume on the admin port resumes it)",
+                    self.config.name, self.config.name
+                ),
+            ));
+        }
+        if self.lifecycle() == Lifecycle::Removed {
+            return Err(Error::new(
+                Code::UpstreamUnavailable,
+                format!(
+                    "upstream \"{}\" was removed from the configuration by a reload",
+                    self.config.name
+                ),
+            ));
+        }
         if self.health() == Health::Down {
             if let Some(reason) = self.manager.recent_error(Duration::from_secs(30)) {
                 return Err(self.unavailable(&reason));
             }
         }
-        match self.pool.get_owned().await {
+        let started = Instant::now();
+        let got = {
+            let _waiting = Waiting::start(&self.waiters);
+            self.pool.get_owned().await
+        };
+        if let Some(h) = &self.checkout_wait {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        match got {
             Ok(conn) => Ok(conn),
             Err(RunError::User(e)) => Err(self.unavailable(&describe_connect_error(&e))),
             Err(RunError::TimedOut) => {
@@ -168,10 +304,13 @@ impl Upstream {
         PoolStats {
             name: self.config.name.clone(),
             health: self.health(),
+            paused: self.is_paused(),
+            required: self.config.required,
             size: state.connections,
             idle: state.idle_connections,
             in_use: state.connections.saturating_sub(state.idle_connections),
             max: self.config.pool_max,
+            waiters: self.waiters.load(Ordering::Relaxed),
             checkouts: state.statistics.get_started,
             checkout_timeouts: state.statistics.get_timed_out,
             errors: self.errors.load(Ordering::Relaxed),

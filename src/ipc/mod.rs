@@ -1,5 +1,9 @@
 //! The client-facing Unix socket: binding it safely, the accept loop, and one session task per
 //! client connection.
+//!
+//! [`Shared`] is what every session (and the admin server) reads: the supervisor, the metrics,
+//! the registry of connected clients, and whether the accept loop is running (readiness). A
+//! client is in the registry exactly while its session task runs.
 
 pub mod codec;
 pub mod ops;
@@ -7,11 +11,12 @@ pub mod reply;
 pub mod request;
 pub mod session;
 
+use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
@@ -20,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Config, Secret};
+use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
 
 /// What every session shares.
@@ -31,11 +37,16 @@ pub struct Shared {
     pub max_frame: usize,
     pub max_in_flight: usize,
     pub statement_timeout: Option<Duration>,
+    pub metrics: Arc<Metrics>,
+    /// The clients connected right now.
+    pub clients: Arc<Clients>,
+    /// True while the accept loop runs.
+    accepting: AtomicBool,
     next_session: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(config: &Config, supervisor: Arc<Supervisor>) -> Shared {
+    pub fn new(config: &Config, supervisor: Arc<Supervisor>, metrics: Arc<Metrics>) -> Shared {
         Shared {
             supervisor,
             token: config.ipc.token.clone(),
@@ -43,8 +54,174 @@ impl Shared {
             max_frame: config.ipc.max_frame_bytes,
             max_in_flight: config.ipc.max_in_flight,
             statement_timeout: config.limits.statement_timeout(),
+            metrics,
+            clients: Arc::new(Clients::default()),
+            accepting: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
         }
+    }
+
+    /// Whether the socket is accepting clients (the accept loop runs).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Test helper: pretend the accept loop runs (or stopped).
+    #[cfg(test)]
+    pub(crate) fn set_accepting(&self, on: bool) {
+        self.accepting.store(on, Ordering::Relaxed);
+    }
+}
+
+/// One connected client, as `/clients` shows it. Counters are atomics updated by its session;
+/// the name and upstream change only on `hello` / `connect`, behind a short lock.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// The session id sent in `hello` (`s<n>`).
+    pub session: String,
+    /// Peer process id and user id from the socket's credentials (0 / u32::MAX when unknown).
+    pub pid: i32,
+    pub uid: u32,
+    pub connected_at: SystemTime,
+    labels: Mutex<ClientLabels>,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct ClientLabels {
+    name: Option<String>,
+    upstream: Option<String>,
+}
+
+/// A point-in-time copy of a [`ClientInfo`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientView {
+    pub session: String,
+    pub pid: i32,
+    pub uid: u32,
+    /// The `client` name given in `hello`, if any.
+    pub client: Option<String>,
+    pub upstream: Option<String>,
+    pub in_flight: u32,
+    pub requests: u64,
+    pub connected_at: SystemTime,
+}
+
+impl ClientInfo {
+    pub(crate) fn new(session: String, pid: i32, uid: u32) -> ClientInfo {
+        ClientInfo {
+            session,
+            pid,
+            uid,
+            connected_at: SystemTime::now(),
+            labels: Mutex::new(ClientLabels::default()),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    fn labels(&self) -> std::sync::MutexGuard<'_, ClientLabels> {
+        self.labels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the name the client gave in `hello`.
+    pub fn set_name(&self, name: &str) {
+        self.labels().name = Some(name.chars().take(128).collect());
+    }
+
+    /// Records the upstream the session is connected to.
+    pub fn set_upstream(&self, upstream: &str) {
+        self.labels().upstream = Some(upstream.to_string());
+    }
+
+    /// Counts a request as in flight until the returned guard drops.
+    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn view(&self) -> ClientView {
+        let labels = self.labels();
+        ClientView {
+            session: self.session.clone(),
+            pid: self.pid,
+            uid: self.uid,
+            client: labels.name.clone(),
+            upstream: labels.upstream.clone(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            connected_at: self.connected_at,
+        }
+    }
+}
+
+/// A request in flight; see [`ClientInfo::begin_request`].
+pub struct InFlight(Arc<ClientInfo>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The registry of connected clients, keyed by session number.
+#[derive(Debug, Default)]
+pub struct Clients {
+    map: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+}
+
+impl Clients {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientInfo>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a client; it stays listed (and counted in `metrics`) until the returned guard
+    /// drops, however its session ends.
+    pub fn register(
+        self: &Arc<Self>,
+        n: u64,
+        info: Arc<ClientInfo>,
+        metrics: Arc<Metrics>,
+    ) -> Registered {
+        self.map().insert(n, info);
+        metrics.client_connected();
+        Registered {
+            clients: self.clone(),
+            metrics,
+            n,
+        }
+    }
+
+    /// Every connected client, oldest first.
+    pub fn list(&self) -> Vec<ClientView> {
+        let mut all: Vec<(u64, ClientView)> =
+            self.map().iter().map(|(n, c)| (*n, c.view())).collect();
+        all.sort_by_key(|(n, _)| *n);
+        all.into_iter().map(|(_, v)| v).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps a client listed in [`Clients`]; removes it on drop.
+pub struct Registered {
+    clients: Arc<Clients>,
+    metrics: Arc<Metrics>,
+    n: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.clients.map().remove(&self.n);
+        self.metrics.client_disconnected();
     }
 }
 
@@ -147,6 +324,7 @@ pub async fn serve(
     max_clients: usize,
 ) {
     let slots = Arc::new(Semaphore::new(max_clients));
+    shared.accepting.store(true, Ordering::Relaxed);
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -174,18 +352,31 @@ pub async fn serve(
             Ok(c) => (c.pid().unwrap_or(0), c.uid()),
             Err(_) => (0, u32::MAX),
         };
-        let span = tracing::info_span!("client", session = %id, pid, uid);
-        let session = session::Session::new(shared.clone(), id, cancel.clone());
+        let span = tracing::info_span!(
+            "client",
+            session = %id,
+            pid,
+            uid,
+            client = tracing::field::Empty,
+            upstream = tracing::field::Empty,
+        );
+        let info = Arc::new(ClientInfo::new(id.clone(), pid, uid));
+        let registered = shared
+            .clients
+            .register(n, info.clone(), shared.metrics.clone());
+        let session = session::Session::new(shared.clone(), id, info, cancel.clone());
         tracker.spawn(
             async move {
                 tracing::debug!("client connected");
                 session.run(stream).await;
                 tracing::debug!("client disconnected");
+                drop(registered);
                 drop(permit);
             }
             .instrument(span),
         );
     }
+    shared.accepting.store(false, Ordering::Relaxed);
     tracing::debug!("accept loop stopped");
     drop(socket);
 }

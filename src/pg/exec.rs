@@ -101,7 +101,7 @@ pub fn convert_params(stmt: &Statement, raw: &[&RawValue]) -> Result<Vec<TextPar
             param_text(value, ty).map_err(|e| {
                 Error::new(
                     Code::BadParameter,
-                    format!("parameter ${} ({}): {e}", i + 1, type_name(ty)),
+                    format!("${} ({}): {e}", i + 1, type_name(ty)),
                 )
             })
         })

@@ -80,9 +80,9 @@ pub(crate) fn write_hex_str(out: &mut Vec<u8>, raw: &[u8]) {
 }
 
 pub(crate) fn write_hex(out: &mut Vec<u8>, raw: &[u8]) {
+    out.reserve(raw.len() * 2);
     for &b in raw {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
+        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
     }
 }
 

@@ -23,6 +23,7 @@ async fn connect() -> Option<Client> {
 }
 
 const SETUP: &str = "
+    analyze pg_catalog.pg_am;
     set local intervalstyle = iso_8601;
     set local timezone = 'UTC';
     set local extra_float_digits = 1;
@@ -216,6 +217,10 @@ const EXACT: &[(&str, &str)] = &[
     ("row(1, 'a', null, 2.50::numeric)", r#"[1,"a",null,"2.50"]"#),
     ("row(1, row(2, 'b'))", r#"[1,[2,"b"]]"#),
     ("pg_sleep(0)", "null"),
+    (
+        "(select histogram_bounds from pg_stats where tablename = 'pg_am' and attname = 'amname')",
+        r#"["brin","btree","gin","gist","hash","heap","spgist"]"#,
+    ),
     (
         "'''a'' & b'::tsquery",
         r#""\\x00000003020201000062000100006100""#,

@@ -29,18 +29,22 @@ pub(crate) fn write_char(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), Bad> {
 }
 
 pub(crate) fn write_uuid(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), Bad> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let u = pp::uuid_from_sql(raw).map_err(lib_err)?;
-    out.push(b'"');
-    for (i, chunk) in [&u[0..4], &u[4..6], &u[6..8], &u[8..10], &u[10..16]]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b'-');
+    // Built on the stack and appended once: this is a common column type.
+    let mut buf = [b'-'; 38];
+    buf[0] = b'"';
+    buf[37] = b'"';
+    let mut at = 1;
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
-        write_hex(out, chunk);
+        buf[at] = HEX[usize::from(b >> 4)];
+        buf[at + 1] = HEX[usize::from(b & 0xf)];
+        at += 2;
     }
-    out.push(b'"');
+    out.extend_from_slice(&buf);
     Ok(())
 }
 

@@ -108,6 +108,7 @@ mod oid {
     pub const REGCLASS: u32 = 2205;
     pub const REGTYPE: u32 = 2206;
     pub const RECORD: u32 = 2249;
+    pub const ANYARRAY: u32 = 2277;
     pub const VOID: u32 = 2278;
     pub const UUID: u32 = 2950;
     pub const TXID_SNAPSHOT: u32 = 2970;
@@ -222,6 +223,15 @@ fn write_nonnull(out: &mut Vec<u8>, ty: &Type, raw: &[u8], depth: u32) -> Result
     match ty.kind() {
         Kind::Simple | Kind::Pseudo => match ty.oid() {
             oid::RECORD => write_record(out, ty, raw, depth),
+            // `anyarray` columns (pg_stats.histogram_bounds …) carry the element OID in the
+            // array header; decode them as arrays when that element type is built in.
+            oid::ANYARRAY => match raw.get(8..12).and_then(|b| Type::from_oid(be_u32(b))) {
+                Some(elem) => write_array(out, ty, &elem, raw, depth),
+                None => {
+                    json::write_hex_str(out, raw);
+                    Ok(())
+                }
+            },
             _ => write_scalar(out, ty.oid(), raw).map_err(|bad| ValueError::malformed(ty, bad)),
         },
         // The binary form of an enum value is its label.
@@ -287,6 +297,10 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, raw: &[u8]) -> Result<(), Bad>
         _ => json::write_hex_str(out, raw),
     }
     Ok(())
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    b.iter().fold(0, |acc, &x| acc << 8 | u32::from(x))
 }
 
 /// Strips the leading format-version byte of jsonb and jsonpath (always 1 so far).

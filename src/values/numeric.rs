@@ -147,7 +147,12 @@ mod tests {
         let mut groups: Vec<u16> = all
             .as_bytes()
             .chunks(4)
-            .map(|c| std::str::from_utf8(c).unwrap().parse().unwrap())
+            .map(|c| {
+                std::str::from_utf8(c)
+                    .expect("ascii")
+                    .parse()
+                    .expect("digits")
+            })
             .collect();
         let mut weight = int_groups as i16 - 1;
         while groups.first() == Some(&0) {

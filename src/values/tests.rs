@@ -124,6 +124,7 @@ fn oid_table_matches_postgres_types() {
         (oid::REGCLASS, Type::REGCLASS),
         (oid::REGTYPE, Type::REGTYPE),
         (oid::RECORD, Type::RECORD),
+        (oid::ANYARRAY, Type::ANYARRAY),
         (oid::VOID, Type::VOID),
         (oid::UUID, Type::UUID),
         (oid::TXID_SNAPSHOT, Type::TXID_SNAPSHOT),
@@ -499,6 +500,23 @@ fn composites() {
         ]),
     );
     assert!(e.to_string().contains("point2"), "{e}");
+}
+
+#[test]
+fn anyarray_uses_the_element_oid_of_the_data() {
+    let arr = array(25, &[(2, 1)], &[Some(b"a"), None]);
+    assert_eq!(ok(&Type::ANYARRAY, &arr), r#"["a",null]"#);
+    let unknown = array(99_999, &[(1, 1)], &[Some(b"a")]);
+    assert_eq!(
+        ok(&Type::ANYARRAY, &unknown),
+        format!("\"\\\\x{}\"", hex(&unknown))
+    );
+    fails(&Type::ANYARRAY, &arr[..arr.len() - 1]);
+    check_no_panic(&Type::ANYARRAY, &[0, 0, 0, 1]);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[test]

@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod catalog;
 mod errors;
 mod faults;

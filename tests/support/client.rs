@@ -226,6 +226,13 @@ pub fn encode(value: &Value) -> Vec<u8> {
     frame
 }
 
+/// One frame holding this exact JSON text (for numbers serde_json would not keep as written).
+pub fn encode_text(json_text: &str) -> Vec<u8> {
+    let mut frame = (json_text.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(json_text.as_bytes());
+    frame
+}
+
 fn is_closed(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),

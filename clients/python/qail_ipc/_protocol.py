@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import struct
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Mapping, Optional
 
 __all__ = [
     "PROTOCOL",
@@ -38,35 +38,44 @@ HEADER = struct.Struct(">I")
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack
 
-dumps: Callable[[Any], bytes]
-loads: Callable[[bytes], Any]
+loads: Callable[[Any], Any]
+
+_std_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _std_dumps(obj: Any) -> bytes:
+    return _std_encode(obj).encode("utf-8")
+
 
 try:  # pragma: no cover - which branch runs depends on the environment
     import orjson as _orjson
 
-    dumps = _orjson.dumps
-    loads = _orjson.loads
-    JSON_CODEC = "orjson"
-except ImportError:  # pragma: no cover
-    _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    _encode = _encoder.encode
+    _orjson_dumps = _orjson.dumps
 
     def dumps(obj: Any) -> bytes:
         """Serialises ``obj`` to compact UTF-8 JSON."""
-        return _encode(obj).encode("utf-8")
+        try:
+            return _orjson_dumps(obj)
+        except TypeError:
+            # orjson refuses integers beyond 64 bits; the standard encoder takes them.
+            return _std_dumps(obj)
 
+    loads = _orjson.loads
+    JSON_CODEC = "orjson"
+except ImportError:  # pragma: no cover
+    dumps = _std_dumps
     loads = json.loads
     JSON_CODEC = "json"
 
 
-def encode_frame(message: Dict[str, Any]) -> bytes:
+def encode_frame(message: Mapping[str, Any]) -> bytes:
     """Returns ``message`` as one frame: length header plus JSON body."""
     body = dumps(message)
     return _pack_header(len(body)) + body
 
 
 def default_socket_path(
-    environ: Optional[Dict[str, str]] = None, uid: Optional[int] = None
+    environ: Optional[Mapping[str, str]] = None, uid: Optional[int] = None
 ) -> str:
     """The daemon's default socket path, ignoring ``QAIL_SOCKET``.
 
@@ -85,7 +94,7 @@ def default_socket_path(
 
 
 def resolve_socket_path(
-    path: Optional[str] = None, environ: Optional[Dict[str, str]] = None
+    path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
 ) -> str:
     """The socket to use: ``path`` if given, else ``QAIL_SOCKET``, else the default path."""
     if path:

@@ -9,7 +9,10 @@
 use serde_json::value::RawValue;
 use tokio_postgres::Statement;
 
-use crate::error::{BatchPosition, Error};
+use std::sync::Arc;
+
+use crate::catalog::Entry;
+use crate::error::{BatchPosition, Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, Target};
 use crate::pg::conn::PgConn;
@@ -23,6 +26,10 @@ use crate::values::TextParam;
 use super::statements::missing;
 
 const SAVEPOINT: &str = "qail_atomic";
+
+/// A pipeline is spread over several pooled connections only when each gets at least this many
+/// statements; below that, extra round trips to prepare cost more than the parallelism gains.
+const MIN_PER_CONNECTION: usize = 256;
 
 /// `pipeline`.
 pub async fn pipeline(
@@ -44,27 +51,40 @@ pub async fn pipeline(
     }
     let count_only = req.count_only.unwrap_or(false);
     let atomic = req.atomic.unwrap_or(false);
-    let (entry, mut stmt) = prepare_on(up, conn, target).await?;
+    let (entry, stmt) = prepare_on(up, conn, target).await?;
     let mut texts = convert_all(&stmt, batch)?;
 
-    open_atomic(conn, atomic, in_transaction).await?;
-    let mut results = run_pipelined(&conn.client, &stmt, &texts, !count_only).await;
+    let mut extra = Vec::new();
+    if !in_transaction && !atomic && texts.len() >= 2 * MIN_PER_CONNECTION {
+        let wanted = (texts.len() / MIN_PER_CONNECTION).min(up.config.pool_max as usize);
+        extra = up.checkout_idle(wanted.saturating_sub(1)).await;
+    }
+    let mut conns: Vec<&mut PgConn> = Vec::with_capacity(1 + extra.len());
+    conns.push(conn);
+    conns.extend(extra.iter_mut().map(|c| &mut **c));
+
+    open_atomic(conns[0], atomic, in_transaction).await?;
+    let mut results = run_spread(&entry, &mut conns, &texts, !count_only).await;
     let all_stale = !results.is_empty()
         && results
             .iter()
             .all(|r| r.as_ref().err().is_some_and(Error::is_stale_statement));
     if all_stale && !in_transaction && !atomic {
-        conn.forget(entry.id);
-        stmt = conn.statement(&entry).await?;
-        entry.set_shape(crate::catalog::Shape::of(&stmt));
-        texts = convert_all(&stmt, batch)?;
-        results = run_pipelined(&conn.client, &stmt, &texts, !count_only).await;
+        // A schema change invalidated the statement everywhere: prepare again, retry once.
+        for c in conns.iter_mut() {
+            c.forget(entry.id);
+        }
+        let fresh = conns[0].statement(&entry).await?;
+        entry.set_shape(crate::catalog::Shape::of(&fresh));
+        texts = convert_all(&fresh, batch)?;
+        results = run_spread(&entry, &mut conns, &texts, !count_only).await;
     }
-    let failure = first_failure(conn, &mut results);
-    close_atomic(conn, atomic, in_transaction, failure.is_none()).await?;
+    let failure = first_failure(&mut results);
+    close_atomic(conns[0], atomic, in_transaction, failure.is_none()).await?;
     if let Some(e) = failure {
         return Err(e);
     }
+    let stmt = conns[0].statement(&entry).await.unwrap_or(stmt);
 
     if count_only {
         reply.int_field("count", results.len() as u64);
@@ -125,7 +145,13 @@ pub async fn batch(
 
     open_atomic(conn, atomic, in_transaction).await?;
     let mut results = run_statements(&conn.client, &work, true).await;
-    let failure = first_failure(conn, &mut results);
+    if results
+        .iter()
+        .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
+    {
+        conn.mark_broken();
+    }
+    let failure = first_failure(&mut results);
     close_atomic(conn, atomic, in_transaction, failure.is_none()).await?;
     if let Some(e) = failure {
         return Err(e);
@@ -173,9 +199,8 @@ fn at(index: usize, succeeded: usize, failed: usize, inner: Error) -> Error {
     }
 }
 
-/// The first failed result as an [`Error::InBatch`], taking it out of `results`; marks the
-/// connection broken if PostgreSQL went away.
-fn first_failure(conn: &mut PgConn, results: &mut [Result<Outcome, Error>]) -> Option<Error> {
+/// The first failed result as an [`Error::InBatch`], taken out of `results`.
+fn first_failure(results: &mut [Result<Outcome, Error>]) -> Option<Error> {
     let failed = results.iter().filter(|r| r.is_err()).count();
     if failed == 0 {
         return None;
@@ -183,10 +208,51 @@ fn first_failure(conn: &mut PgConn, results: &mut [Result<Outcome, Error>]) -> O
     let index = results.iter().position(Result::is_err)?;
     let succeeded = results.len() - failed;
     let inner = std::mem::replace(&mut results[index], Ok(Outcome::default())).err()?;
-    if inner.is_disconnect() {
-        conn.mark_broken();
-    }
     Some(at(index, succeeded, failed, inner))
+}
+
+/// Runs the parameter lists split into contiguous chunks, one per connection, all chunks at
+/// once and each chunk pipelined; answers in the original order. A connection that fails to
+/// prepare the statement answers its whole chunk with that failure (the other chunks ran).
+async fn run_spread(
+    entry: &Arc<Entry>,
+    conns: &mut [&mut PgConn],
+    texts: &[Vec<TextParam>],
+    keep_rows: bool,
+) -> Vec<Result<Outcome, Error>> {
+    let per = texts.len().div_ceil(conns.len().max(1)).max(1);
+    let chunks = conns
+        .iter_mut()
+        .zip(texts.chunks(per))
+        .map(|(c, part)| async move {
+            let results = match c.statement(entry).await {
+                Ok(stmt) => run_pipelined(&c.client, &stmt, part, keep_rows).await,
+                Err(e) => {
+                    let mut all = Vec::with_capacity(part.len());
+                    all.push(Err(e));
+                    all.extend((1..part.len()).map(|_| {
+                        Err(Error::new(
+                            Code::UpstreamUnavailable,
+                            "not run: the statement could not be prepared on its connection",
+                        ))
+                    }));
+                    all
+                }
+            };
+            if results
+                .iter()
+                .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
+            {
+                c.mark_broken();
+            }
+            results
+        });
+    let parts = futures_util::future::join_all(chunks).await;
+    let mut all = Vec::with_capacity(texts.len());
+    for part in parts {
+        all.extend(part);
+    }
+    all
 }
 
 async fn open_atomic(conn: &mut PgConn, atomic: bool, in_transaction: bool) -> Result<(), Error> {

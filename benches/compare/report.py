@@ -1,0 +1,269 @@
+"""Turning a comparison run into its outputs: the console table, Markdown, JSON and charts."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+NATIVE_KEY = "native"
+
+# The issue's targets (item 3): (description, numerator mode, denominator mode, minimum ratio).
+TARGETS: list[tuple[str, str, str, float]] = [
+    ("Python `pipeline` with rows vs native tokio-postgres", "daemon.pipeline", NATIVE_KEY, 0.9),
+    ("Python `prepared_pipeline` count-only vs native", "daemon.count", NATIVE_KEY, 1.0),
+    ("Python `pipeline` vs psycopg 3 pipeline mode", "daemon.pipeline", "psycopg.pipeline", 5.0),
+    ("Python `pipeline` vs asyncpg sequential", "daemon.pipeline", "asyncpg.seq", 10.0),
+    ("Python sequential via the daemon vs psycopg 3 sequential", "daemon.seq", "psycopg.seq", 1.0),
+    ("32 processes via the daemon vs via PgBouncer (pool 8)", "multi.daemon", "multi.pgbouncer", 1.5),
+]
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repetitions of one mode."""
+    out: dict[str, Any] = {"reps": len(runs)}
+    if not runs:
+        return out
+    out["qps"] = statistics.median(r["qps"] for r in runs)
+    out["qps_min"] = min(r["qps"] for r in runs)
+    out["qps_max"] = max(r["qps"] for r in runs)
+    out["rows_per_query"] = statistics.median(r.get("rows_per_query", 0.0) for r in runs)
+    for key in ("p50_us", "p99_us"):
+        values = [r[key] for r in runs if key in r]
+        if values:
+            out[key] = statistics.median(values)
+    return out
+
+
+def by_key(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["key"]: m for m in results["modes"]}
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Ratio to the native ceiling for every mode, and the target table."""
+    modes = by_key(results)
+    native = modes.get(NATIVE_KEY, {}).get("median", {}).get("qps")
+    for m in results["modes"]:
+        qps = m["median"].get("qps")
+        m["ratio_native"] = qps / native if qps and native else None
+    checks = []
+    for text, num, den, minimum in TARGETS:
+        a = modes.get(num, {}).get("median", {})
+        b = modes.get(den, {}).get("median", {})
+        ratio = a["qps"] / b["qps"] if a.get("qps") and b.get("qps") else None
+        check: dict[str, Any] = {"target": text, "minimum": minimum, "ratio": ratio,
+                                 "numerator": num, "denominator": den}
+        if ratio is not None:
+            check["met"] = ratio >= minimum
+            if num == "multi.daemon" and a.get("p99_us") and b.get("p99_us"):
+                check["p99_lower"] = a["p99_us"] < b["p99_us"]
+                check["met"] = check["met"] and check["p99_lower"]
+        checks.append(check)
+    results["targets"] = checks
+
+
+def _fmt_qps(v: Optional[float]) -> str:
+    return f"{v:,.0f}" if v else "—"
+
+
+def _fmt_ratio(v: Optional[float]) -> str:
+    return f"{v:.2f}x" if v else "—"
+
+
+def _fmt_us(v: Optional[float]) -> str:
+    if not v:
+        return "—"
+    return f"{v:,.0f} µs" if v >= 10 else f"{v:.1f} µs"
+
+
+def _rows_text(m: dict[str, Any]) -> str:
+    if m.get("count_only"):
+        return "count only"
+    rpq = m["median"].get("rows_per_query")
+    return f"{rpq:.2f}" if rpq else "—"
+
+
+def _status(check: dict[str, Any]) -> str:
+    if check.get("ratio") is None:
+        return "not measured"
+    if check["met"]:
+        return "met"
+    if check["ratio"] < check["minimum"]:
+        short = 1 - check["ratio"] / check["minimum"]
+        text = f"missed: {short:.0%} short"
+    else:
+        text = "missed"
+    if check.get("p99_lower") is False:
+        text += " (p99 not lower)"
+    return text
+
+
+def markdown(results: dict[str, Any]) -> str:
+    reps = results["settings"]["reps"]
+    lines = [
+        f"### Throughput: the seed's workload, median of {reps} run(s) of "
+        f"{results['settings']['duration']:g} s each",
+        "",
+        "`SELECT id, name FROM users LIMIT $1`, parameters cycling 10, 5, 1 (5.33 rows per query "
+        "on average), every row fetched into Python objects unless marked count only. "
+        "Ratios are to the native tokio-postgres ceiling measured in the same run.",
+        "",
+        "| Mode | Queries/s | vs native | p50 | p99 | Rows/query | Notes |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    group = None
+    for m in results["modes"]:
+        if m["group"] != group:
+            group = m["group"]
+            lines.append(f"| **{group}** | | | | | | |")
+        med = m["median"]
+        notes = m.get("notes", "")
+        if m.get("error"):
+            notes = (notes + "; " if notes else "") + "FAILED: " + m["error"].splitlines()[-1][:120]
+        lines.append(
+            f"| {m['label']} | {_fmt_qps(med.get('qps'))} | {_fmt_ratio(m.get('ratio_native'))} "
+            f"| {_fmt_us(med.get('p50_us'))} | {_fmt_us(med.get('p99_us'))} | {_rows_text(m)} "
+            f"| {notes} |")
+    lines += ["", "### The issue's targets (ratios from this run)", "",
+              "| Target | Needed | Measured | |", "|---|---:|---:|---|"]
+    for check in results.get("targets", []):
+        lines.append(f"| {check['target']} | ≥ {check['minimum']:g}x "
+                     f"| {_fmt_ratio(check.get('ratio'))} | {_status(check)} |")
+    mem = results.get("memory")
+    if mem and "idle_rss_kib" in mem:
+        lines += ["", "### Memory and scale", ""]
+        lines.append(f"- Idle daemon RSS: **{mem['idle_rss_kib'] / 1024:.1f} MiB** "
+                     f"(up, pool connected, no client)")
+        if "kib_per_connection" in mem:
+            top = mem["points"][-1]
+            lines.append(f"- RSS growth per idle client connection (hello + connect, then idle): "
+                         f"**{mem['kib_per_connection']:.1f} KiB** "
+                         f"= {mem['mib_per_1000']:.2f} MiB per 1,000 connections "
+                         f"(least-squares over 0..{top['connections']:,}; "
+                         f"{top['rss_kib'] / 1024:.1f} MiB with {top['connections']:,} held)")
+        served = mem.get("served")
+        if served:
+            lines.append(
+                f"- {served['connections']:,} concurrent connections held; each sent one query "
+                f"at once: {served['query_ok']:,} answered ok, {served['query_errors']:,} "
+                f"errors, in {served['query_seconds']:.2f} s; then one ping each: "
+                f"{served['ping_ok']:,} ok in {served['ping_seconds']:.2f} s. Peak RSS "
+                f"{served['hwm_kib'] / 1024:.1f} MiB")
+        if "rss_after_close_kib" in mem:
+            lines.append(f"- After closing them all: {mem['rss_after_close_kib'] / 1024:.1f} MiB")
+    elif mem and mem.get("error"):
+        lines += ["", f"Memory measurement failed: {mem['error']}"]
+    lines += ["", "### Machine", ""]
+    for key, value in results["machine"].items():
+        lines.append(f"- {key}: {value}")
+    notes = results.get("failures") or []
+    if notes:
+        lines += ["", "### Skipped or failed", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def console_table(results: dict[str, Any]) -> str:
+    header = f"{'mode':<58} {'q/s':>10} {'x native':>9} {'p50':>10} {'p99':>10}  rows/q"
+    lines = [header, "-" * len(header)]
+    group = None
+    for m in results["modes"]:
+        if m["group"] != group:
+            group = m["group"]
+            lines.append(f"{group}:")
+        med = m["median"]
+        status = "  FAILED" if m.get("error") and not med.get("qps") else ""
+        lines.append(f"  {m['label'][:56]:<56} {_fmt_qps(med.get('qps')):>10} "
+                     f"{_fmt_ratio(m.get('ratio_native')):>9} {_fmt_us(med.get('p50_us')):>10} "
+                     f"{_fmt_us(med.get('p99_us')):>10}  {_rows_text(m)}{status}")
+    lines.append("")
+    lines.append("targets (issue 4, item 3):")
+    for check in results.get("targets", []):
+        lines.append(f"  {check['target']:<62} need >= {check['minimum']:g}x  "
+                     f"got {_fmt_ratio(check.get('ratio')):>7}  {_status(check)}")
+    return "\n".join(lines)
+
+
+GROUP_COLOURS = ["#d1495b", "#2e86ab", "#66a182", "#edae49", "#8d6a9f"]
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in results["modes"] if m["median"].get("qps")]
+    groups = list(dict.fromkeys(m["group"] for m in modes))
+    colour = {g: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, g in enumerate(groups)}
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(modes) + 1.8))
+    ys = list(range(len(modes)))[::-1]
+    values = [m["median"]["qps"] for m in modes]
+    ax.barh(ys, values, color=[colour[m["group"]] for m in modes])
+    ax.set_yticks(ys)
+    ax.set_yticklabels([m["label"] for m in modes], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries per second (log scale, median)")
+    for y, m in zip(ys, modes):
+        ratio = m.get("ratio_native")
+        text = f" {m['median']['qps']:,.0f}" + (f"  ({ratio:.2f}x native)" if ratio else "")
+        ax.text(m["median"]["qps"], y, text, va="center", fontsize=7)
+    ax.set_xlim(right=max(values) * 12)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour[g]) for g in groups]
+    ax.legend(handles, groups, loc="lower right", fontsize=7)
+    machine = results["machine"]
+    ax.set_title(f"qail-daemon vs peers: SELECT id, name FROM users LIMIT $1 (10/5/1)\n"
+                 f"{machine.get('cpu', '')}, {machine.get('cores', '')} cores, "
+                 f"{machine.get('postgresql', '')}", fontsize=9)
+    ax.grid(axis="x", which="both", alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def memory_chart(results: dict[str, Any], path: Path) -> bool:
+    mem = results.get("memory") or {}
+    points = mem.get("points")
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [p["connections"] for p in points]
+    ys = [p["rss_kib"] / 1024 for p in points]
+    ax.plot(xs, ys, marker="o", color=GROUP_COLOURS[0])
+    ax.set_xlabel("idle client connections held")
+    ax.set_ylabel("daemon VmRSS (MiB)")
+    ax.set_title(f"qail-daemon RSS vs idle connections: "
+                 f"{mem.get('kib_per_connection', 0):.1f} KiB per connection", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    """Writes STEM.png (+ STEM-memory.png), STEM.md and STEM.json into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        png = out_dir / f"{stem}.png"
+        chart(results, png)
+        written.append(png)
+        mem_png = out_dir / f"{stem}-memory.png"
+        if memory_chart(results, mem_png):
+            written.append(mem_png)
+    except ImportError as exc:
+        results.setdefault("failures", []).append(f"no chart: matplotlib unavailable ({exc})")
+    md = out_dir / f"{stem}.md"
+    md.write_text(markdown(results))
+    written.append(md)
+    js = out_dir / f"{stem}.json"
+    js.write_text(json.dumps(results, indent=2) + "\n")
+    written.append(js)
+    return written

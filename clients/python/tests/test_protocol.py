@@ -1,0 +1,146 @@
+"""Protocol plumbing without a daemon: framing, the socket path rule, error mapping,
+placeholder rewriting."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import struct
+import threading
+
+import pytest
+
+from qail_ipc import _protocol, errors
+from qail_ipc._protocol import default_socket_path, encode_frame, read_frame, resolve_socket_path
+from qail_ipc.dbapi import numeric_to_dollar
+
+
+def test_frame_layout():
+    frame = encode_frame({"id": 1, "op": "ping", "text": "é"})
+    (length,) = struct.unpack(">I", frame[:4])
+    assert length == len(frame) - 4
+    assert _protocol.loads(frame[4:]) == {"id": 1, "op": "ping", "text": "é"}
+
+
+def test_read_frame_across_partial_writes():
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+    frame = encode_frame({"id": 7, "ok": True, "rows": [[1, "x" * 70000]]})
+
+    def dribble():
+        for i in range(0, len(frame), 1000):
+            b.sendall(frame[i : i + 1000])
+
+    t = threading.Thread(target=dribble)
+    t.start()
+    assert read_frame(a)["rows"][0][1] == "x" * 70000
+    t.join(10)
+    b.close()
+    with pytest.raises(EOFError):
+        read_frame(a)
+    a.close()
+
+
+def test_default_socket_path_rule():
+    assert default_socket_path({"XDG_RUNTIME_DIR": "/run/user/1000"}, uid=1000) == \
+        "/run/user/1000/qail/qail.sock"
+    assert default_socket_path({}, uid=0) == "/run/qail/qail.sock"
+    assert default_socket_path({}, uid=1234) == "/tmp/qail-1234/qail.sock"
+    assert default_socket_path({"XDG_RUNTIME_DIR": ""}, uid=0) == "/run/qail/qail.sock"
+
+
+def test_resolve_socket_path_order():
+    env = {"QAIL_SOCKET": "/x/q.sock", "XDG_RUNTIME_DIR": "/run/user/5"}
+    assert resolve_socket_path("/explicit.sock", env) == "/explicit.sock"
+    assert resolve_socket_path(None, env) == "/x/q.sock"
+    assert resolve_socket_path(None, {"XDG_RUNTIME_DIR": "/run/user/5"}) == \
+        "/run/user/5/qail/qail.sock"
+
+
+@pytest.mark.parametrize(
+    "code, cls",
+    [
+        ("23505", errors.IntegrityError),
+        ("23502", errors.IntegrityError),
+        ("42P01", errors.ProgrammingError),
+        ("42601", errors.ProgrammingError),
+        ("22012", errors.DataError),
+        ("0A000", errors.NotSupportedError),
+        ("40001", errors.OperationalError),
+        ("57014", errors.OperationalError),
+        ("25006", errors.InternalError),
+        ("XX000", errors.InternalError),
+        ("99999", errors.DatabaseError),
+        ("bad_request", errors.ProgrammingError),
+        ("unknown_op", errors.InterfaceError),
+        ("frame_too_large", errors.InterfaceError),
+        ("unsupported_protocol", errors.InterfaceError),
+        ("not_connected", errors.ProgrammingError),
+        ("unknown_upstream", errors.OperationalError),
+        ("unknown_handle", errors.ProgrammingError),
+        ("bad_parameter", errors.ProgrammingError),
+        ("auth_failed", errors.OperationalError),
+        ("forbidden", errors.ProgrammingError),
+        ("transaction_state", errors.ProgrammingError),
+        ("transaction_aborted", errors.InternalError),
+        ("upstream_unavailable", errors.OperationalError),
+        ("pool_timeout", errors.OperationalError),
+        ("timeout", errors.OperationalError),
+        ("shutting_down", errors.OperationalError),
+        ("internal", errors.InternalError),
+        ("something_new", errors.DatabaseError),
+    ],
+)
+def test_error_class(code, cls):
+    assert errors.error_class(code) is cls
+    exc = errors.from_wire({"code": code, "message": "m", "detail": "d", "index": 3})
+    assert type(exc) is cls and isinstance(exc, errors.Error)
+    assert (exc.code, exc.message, exc.detail, exc.index) == (code, "m", "d", 3)
+    assert exc.sqlstate == (code if errors.is_sqlstate(code) else None)
+
+
+def test_hierarchy():
+    for cls in (errors.DataError, errors.OperationalError, errors.IntegrityError,
+                errors.InternalError, errors.ProgrammingError, errors.NotSupportedError):
+        assert issubclass(cls, errors.DatabaseError)
+    assert issubclass(errors.InterfaceError, errors.Error)
+    assert issubclass(errors.Error, Exception) and issubclass(errors.Warning, Exception)
+    assert isinstance(errors.from_wire("junk"), errors.InterfaceError)
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("select :1, :2", "select $1, $2"),
+        ("select $1, :1", "select $1, $1"),
+        ("select x::int, a[1:2], b[i:3]", "select x::int, a[1:2], b[i:3]"),
+        ("select ':1', \":1\", E'\\' :1', $$ :1 $$, $f$ :1 $f$ :2",
+         "select ':1', \":1\", E'\\' :1', $$ :1 $$, $f$ :1 $f$ $2"),
+        ("select 'it''s :1', :1", "select 'it''s :1', $1"),
+        ("select 1 -- :1\n, :2 /* :3 /* :4 */ */", "select 1 -- :1\n, $2 /* :3 /* :4 */ */"),
+        ("values(:10,:11)", "values($10,$11)"),
+        ("no placeholders", "no placeholders"),
+    ],
+)
+def test_numeric_to_dollar(sql, expected):
+    assert numeric_to_dollar(sql) == expected
+
+
+def test_stdlib_json_fallback():
+    # Without orjson the standard json module is used, with the same results.
+    code = (
+        "import sys; sys.modules['orjson'] = None\n"
+        "from qail_ipc import _protocol as p\n"
+        "assert p.JSON_CODEC == 'json', p.JSON_CODEC\n"
+        "f = p.encode_frame({'id': 1, 'text': 'é', 'n': 2**70})\n"
+        "assert p.loads(f[4:]) == {'id': 1, 'text': 'é', 'n': 2**70}\n"
+        "assert 'é'.encode() in f\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_big_integers_are_encoded():
+    assert _protocol.loads(encode_frame({"n": 2**80})[4:]) == {"n": 2**80}
