@@ -54,7 +54,7 @@ pg_psql demo <<'SQL'
 CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL);
 INSERT INTO users SELECT i, 'user ' || i FROM generate_series(1, 1000) AS i;
 SQL
-echo "    PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $NF}') on 127.0.0.1:$PG_PORT, database demo, users: 1000 rows"
+echo "    PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT, database demo, users: 1000 rows"
 
 socket=$work/qail.sock
 config=$work/qail-daemon.toml

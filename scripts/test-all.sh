@@ -2,8 +2,8 @@
 # Runs every test of the project and prints a summary; exits non-zero when anything failed.
 #
 #   Rust:   cargo fmt --check, cargo clippy --all-targets -D warnings, cargo test
-#   Python: pytest in clients/python (venv in .venv, made when missing)   — when the dir exists
-#   Go:     go vet ./... and go test ./... in clients/go                  — when the dir exists
+#   Python: clients/python/ci.sh (pytest in the venv .venv), or plain pytest — when the dir exists
+#   Go:     clients/go/ci.sh, or go vet ./... and go test ./...            — when the dir exists
 #
 # The integration tests start their own throwaway PostgreSQL clusters with the installed server
 # binaries (initdb on PATH or in /usr/lib/postgresql/*/bin); nothing else needs to run.
@@ -47,26 +47,29 @@ step "cargo test" cargo test
 export QAIL_DAEMON_BIN=$root/target/debug/qail-daemon
 
 if [ -d clients/python ]; then
-    if [ ! -x .venv/bin/python ]; then
-        step "python venv (.venv) with pytest" sh -c 'python3 -m venv .venv && .venv/bin/pip install --quiet pytest'
-    fi
-    if [ -x .venv/bin/python ]; then
-        step "pytest clients/python" .venv/bin/python -m pytest -q clients/python
+    if [ -f clients/python/ci.sh ]; then
+        # The client's own runner: makes/updates .venv, installs the client with its test extras.
+        step "python client tests (clients/python/ci.sh)" bash clients/python/ci.sh -q
     else
-        summary+=("FAIL  pytest clients/python (no .venv; run .ci/run or python3 -m venv .venv)")
-        failed=1
+        if [ ! -x .venv/bin/python ]; then
+            step "python venv (.venv) with pytest" \
+                sh -c 'python3 -m venv .venv && .venv/bin/pip install --quiet pytest'
+        fi
+        step "pytest clients/python" .venv/bin/python -m pytest -q clients/python
     fi
 else
     skip "python client tests (no clients/python yet)"
 fi
 
 if [ -d clients/go ]; then
-    if command -v go >/dev/null 2>&1; then
-        step "go vet ./... (clients/go)" sh -c 'cd clients/go && go vet ./...'
-        step "go test ./... (clients/go)" sh -c 'cd clients/go && go test ./...'
-    else
+    if ! command -v go >/dev/null 2>&1; then
         summary+=("FAIL  go client tests (go is not installed)")
         failed=1
+    elif [ -f clients/go/ci.sh ]; then
+        step "go client tests (clients/go/ci.sh)" bash clients/go/ci.sh
+    else
+        step "go vet ./... (clients/go)" sh -c 'cd clients/go && go vet ./...'
+        step "go test ./... (clients/go)" sh -c 'cd clients/go && go test ./...'
     fi
 else
     skip "go client tests (no clients/go yet)"

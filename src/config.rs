@@ -542,6 +542,12 @@ impl Config {
             ));
         }
         self.admin.addr()?;
+        if self.admin.token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::invalid(
+                "admin.token",
+                "must not be empty when set (remove it to turn the mutating endpoints off)",
+            ));
+        }
         if self.catalog.capacity == 0 {
             return Err(ConfigError::invalid(
                 "catalog.capacity",

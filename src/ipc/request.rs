@@ -28,7 +28,7 @@ pub const OPS: &[&str] = &[
 /// Just the op, read without validating the other fields.
 #[derive(Deserialize)]
 pub struct Peek<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub op: Option<Cow<'a, str>>,
 }
 
@@ -39,33 +39,64 @@ struct IdOnly<'a> {
     id: Option<&'a RawValue>,
 }
 
+/// Deserializes an optional string, borrowing it from the frame unless it contains escapes
+/// (serde's own `Cow` support only borrows a bare `Cow<str>`, never one inside an `Option`).
+fn opt_cow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    d.deserialize_option(V)
+}
+
 /// One request, as the union of every op's fields.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Request<'a> {
     #[serde(borrow)]
     pub id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub op: Option<Cow<'a, str>>,
     pub protocol: Option<u32>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub client: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub token: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub upstream: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub host: Option<Cow<'a, str>>,
     pub port: Option<u16>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub user: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub database: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub password: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub sql: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub handle: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub params: Option<Vec<&'a RawValue>>,
@@ -75,7 +106,7 @@ pub struct Request<'a> {
     pub atomic: Option<bool>,
     #[serde(borrow)]
     pub statements: Option<Vec<StatementSpec<'a>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub isolation: Option<Cow<'a, str>>,
     pub read_only: Option<bool>,
     pub timeout_ms: Option<u64>,
@@ -85,9 +116,9 @@ pub struct Request<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatementSpec<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub sql: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub handle: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub params: Option<Vec<&'a RawValue>>,
@@ -174,6 +205,10 @@ mod tests {
         let req = parse(frame).unwrap_or_else(|_| panic!("parse"));
         assert_eq!(req.id.unwrap().get(), "7");
         assert!(matches!(req.sql, Some(Cow::Borrowed(_))));
+        let escaped = parse(br#"{"id":1,"op":"query","sql":"SELECT\n1"}"#).unwrap_or_else(|_| panic!("parse"));
+        assert_eq!(escaped.sql.as_deref(), Some("SELECT\n1"));
+        let null_sql = parse(br#"{"id":1,"op":"query","sql":null}"#).unwrap_or_else(|_| panic!("parse"));
+        assert!(null_sql.sql.is_none());
         let params: Vec<&str> = req.params.unwrap().iter().map(|p| p.get()).collect();
         assert_eq!(params, ["\"10\"", "10", "null", "{\"a\":1}"]);
     }

@@ -1,0 +1,513 @@
+#!/usr/bin/env python3
+"""`make bench`: qail-daemon side by side with its peers, in one run, on a throwaway PostgreSQL.
+
+Sets up the seed's workload (a `users(id int primary key, name text)` table of 1,000 rows;
+`SELECT id, name FROM users LIMIT $1` with parameters cycling 10, 5, 1) and measures:
+
+- Python through the daemon (qail_ipc, pool_max 8): sequential, `pipeline` with rows,
+  `prepared_pipeline` count-only, asyncio with 64 requests in flight;
+- Python straight to PostgreSQL over its Unix socket: asyncpg, psycopg 3, psqlpy (Rust/PyO3);
+- native Rust (examples/native_ceiling.rs): tokio-postgres pipelined on 8 connections, the ceiling;
+- 32 Python processes running sequential queries through the daemon, through PgBouncer in
+  transaction mode (pool 8) and with direct connections;
+- the daemon's memory: idle RSS, growth per idle client connection, N connections served.
+
+Modes are interleaved (repetition 1 of every mode, then repetition 2, ...) so that noise from
+other work on the machine spreads over all of them; the table shows medians. Outputs go to
+benches/results/ (Markdown, JSON, PNG charts).
+
+The driver runs with any python3: it creates its own virtual environment
+(benches/compare/.venv) with the peer drivers on first use, then re-runs itself inside it.
+Everything it starts is stopped, and every temporary directory removed, on exit or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import venv
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+VENV = HERE / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+MARKER = VENV / "qail-bench-packages.json"
+CLIENT_DIR = REPO / "clients" / "python"
+
+# pip requirement -> import name. psqlpy ships manylinux wheels; when it cannot be installed
+# its modes are skipped and the report says so.
+REQUIREMENTS = {
+    "asyncpg>=0.30": "asyncpg",
+    "psycopg[binary]>=3.1": "psycopg",
+    "psqlpy": "psqlpy",
+    "matplotlib": "matplotlib",
+    "orjson": "orjson",
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    key: str
+    workload: str  # a workloads.MODES key, or "native"
+    group: str
+    label: str
+    sequential: bool = False
+    count_only: bool = False
+    notes: str = ""
+    json_codec: str = "stdlib"
+    needs: str = ""  # "psqlpy" or "pgbouncer": skipped when unavailable
+
+
+DAEMON = "Python via qail-daemon (pool 8)"
+DIRECT = "Python straight to PostgreSQL (Unix socket)"
+NATIVE = "Native Rust"
+MULTI = "32 Python processes, sequential"
+
+MODES: list[Mode] = [
+    Mode("daemon.seq", "daemon.seq", DAEMON, "qail_ipc · sequential (1 query per round trip)",
+         sequential=True),
+    Mode("daemon.pipeline", "daemon.pipeline", DAEMON, "qail_ipc · pipeline, rows (10,000/frame)"),
+    Mode("daemon.count", "daemon.count", DAEMON,
+         "qail_ipc · prepared_pipeline, count-only (9,999/frame)", count_only=True),
+    Mode("daemon.asyncio", "daemon.asyncio", DAEMON, "qail_ipc.aio · 64 in flight on 1 socket"),
+    Mode("daemon.pipeline.orjson", "daemon.pipeline", DAEMON,
+         "qail_ipc + orjson · pipeline, rows (10,000/frame)", json_codec="orjson",
+         notes="optional `qail-ipc[fast]` codec"),
+    Mode("asyncpg.seq", "asyncpg.seq", DIRECT, "asyncpg · sequential", sequential=True),
+    Mode("asyncpg.fetchmany", "asyncpg.fetchmany", DIRECT,
+         "asyncpg · fetchmany, rows (10,000/batch)", notes="pipelined batch with rows"),
+    Mode("asyncpg.executemany", "asyncpg.executemany", DIRECT,
+         "asyncpg · executemany (9,999/batch)", count_only=True,
+         notes="pipelined; discards the rows"),
+    Mode("asyncpg.pool", "asyncpg.pool", DIRECT, "asyncpg · pool 8, 64 in flight",
+         notes="asyncpg runs 1 query at a time per connection"),
+    Mode("psycopg.seq", "psycopg.seq", DIRECT, "psycopg 3 · sequential", sequential=True,
+         notes="server-side prepare after 5 uses (default)"),
+    Mode("psycopg.pipeline", "psycopg.pipeline", DIRECT,
+         "psycopg 3 · pipeline mode, rows (10,000/batch)",
+         notes="executemany(returning=True) in conn.pipeline()"),
+    Mode("psqlpy.seq", "psqlpy.seq", DIRECT, "psqlpy (Rust/PyO3) · sequential", sequential=True,
+         needs="psqlpy", notes="the seed's \"PyO3\" row"),
+    Mode("psqlpy.pipeline", "psqlpy.pipeline", DIRECT,
+         "psqlpy (Rust/PyO3) · pipeline, rows (10,000/batch)", needs="psqlpy",
+         notes="Transaction.pipeline: one transaction per batch"),
+    Mode("native", "native", NATIVE, "tokio-postgres · 8 connections, pipelined",
+         notes="examples/native_ceiling.rs; rows decoded to i32/String"),
+    Mode("multi.daemon", "multi.daemon", MULTI, "32 × qail_ipc → qail-daemon (pool 8)",
+         sequential=True),
+    Mode("multi.pgbouncer", "multi.pgbouncer", MULTI,
+         "32 × psycopg 3 → PgBouncer transaction mode (pool 8)", sequential=True,
+         needs="pgbouncer", notes="prepare_threshold=None"),
+    Mode("multi.direct", "multi.direct", MULTI, "32 × psycopg 3 → PostgreSQL (32 backends)",
+         sequential=True),
+]
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- the virtual environment ------------------------------------------------------------------
+
+
+def ensure_venv() -> dict[str, str]:
+    """Creates .venv and installs the peer drivers when needed; returns package -> status."""
+    if not VENV_PYTHON.exists():
+        log(f"==> creating the benchmark venv in {VENV.relative_to(REPO)}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    status: dict[str, str] = {}
+    if MARKER.exists():
+        status = json.loads(MARKER.read_text())
+    missing = [req for req in REQUIREMENTS if status.get(req) != "ok"]
+    for req in missing:
+        log(f"==> pip install {req}")
+        done = subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q",
+                               "--disable-pip-version-check", req],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            status[req] = "ok"
+        else:
+            status[req] = "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1]
+            log(f"    {status[req]}")
+    if missing:
+        MARKER.write_text(json.dumps(status, indent=1))
+    return status
+
+
+def reexec_in_venv() -> None:
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    ensure_venv()
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+# -- child processes --------------------------------------------------------------------------
+
+RUNNING: set[subprocess.Popen] = set()
+
+
+def run_child(argv: list[str], timeout: float, env: Optional[dict[str, str]] = None
+              ) -> tuple[int, str, str]:
+    """Runs a child in its own process group (killed whole on timeout or interruption)."""
+    from services import stop_process_group
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True, cwd=HERE)
+    RUNNING.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        stop_process_group(proc, grace=2, sig=signal.SIGKILL)
+        out, err = proc.communicate()
+        return -1, out, err + f"\ntimed out after {timeout:.0f} s"
+    finally:
+        stop_process_group(proc, grace=2, sig=signal.SIGKILL)
+        RUNNING.discard(proc)
+
+
+def kill_children() -> None:
+    from services import stop_process_group
+
+    for proc in list(RUNNING):
+        stop_process_group(proc, grace=2, sig=signal.SIGKILL)
+
+
+# -- machine description ----------------------------------------------------------------------
+
+
+def machine_description(pg_version: str, bouncer_version: str) -> dict[str, str]:
+    from importlib import metadata
+
+    cpu = "?"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    os_name = platform.system()
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    def command(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO).stdout.strip()
+        except OSError:
+            return "?"
+
+    commit = command("git", "rev-parse", "--short", "HEAD")
+    if command("git", "status", "--porcelain", "--", "src", "Cargo.toml"):
+        commit += " (with uncommitted changes in src/)"
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": f"{mem_kib / 1024 / 1024:.0f} GiB",
+        "os": os_name,
+        "kernel": platform.release(),
+        "postgresql": pg_version.replace("postgres (PostgreSQL)", "PostgreSQL"),
+        "pgbouncer": bouncer_version or "not available",
+        "python": platform.python_version(),
+        "drivers": (f"asyncpg {version('asyncpg')}, psycopg {version('psycopg')} "
+                    f"(binary {version('psycopg-binary')}), psqlpy {version('psqlpy')}, "
+                    f"orjson {version('orjson')}"),
+        "rustc": command("rustc", "--version"),
+        "qail-daemon": commit,
+        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benches/compare/run.py",
+        description="Compare qail-daemon with asyncpg, psycopg 3, psqlpy, PgBouncer and native "
+                    "tokio-postgres on the seed's workload, in one run, on a throwaway "
+                    "PostgreSQL. Writes benches/results/compare.{md,json,png}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run (~2 minutes): 1 repetition of 1.5 s, 2,000 idle "
+                             "connections; results go to compare-quick.*")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per mode (median)")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run")
+    parser.add_argument("--modes", default="",
+                        help="comma-separated mode keys (or prefixes: daemon,asyncpg,multi,...) "
+                             "to run; default all. Keys: " + ", ".join(m.key for m in MODES))
+    parser.add_argument("--pool", type=int, default=8,
+                        help="the daemon's pool_max = PgBouncer pool = native connections")
+    parser.add_argument("--processes", type=int, default=32, help="processes in the multi modes")
+    parser.add_argument("--connections", type=int, default=10_000,
+                        help="idle client connections for the memory test (0 = skip it)")
+    parser.add_argument("--client", choices=("qail_ipc", "raw"), default="qail_ipc",
+                        help="Python client for the daemon modes (raw = the bench's own "
+                             "minimal protocol client; qail_ipc falls back to it if unusable)")
+    parser.add_argument("--native-depth", type=int, default=256,
+                        help="queries in flight per connection in the native ceiling")
+    parser.add_argument("--skip-build", action="store_true",
+                        help="use the existing target/release binaries")
+    parser.add_argument("--out", type=Path, default=REPO / "benches" / "results",
+                        help="output directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reps, args.duration, args.warmup = 1, 1.5, 0.5
+        args.connections = min(args.connections, 2_000)
+    return args
+
+
+def selected_modes(spec: str) -> list[Mode]:
+    if not spec:
+        return list(MODES)
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    chosen = [m for m in MODES if any(m.key == w or m.key.startswith(w + ".") for w in wanted)]
+    if not chosen:
+        raise SystemExit(f"--modes {spec!r} matches no mode; keys: "
+                         + ", ".join(m.key for m in MODES))
+    return chosen
+
+
+def build(skip: bool) -> tuple[Path, Path]:
+    daemon = REPO / "target" / "release" / "qail-daemon"
+    native = REPO / "target" / "release" / "examples" / "native_ceiling"
+    if not skip:
+        log("==> cargo build --release --bin qail-daemon --example native_ceiling")
+        t0 = time.monotonic()
+        done = subprocess.run(["cargo", "build", "--release", "--bin", "qail-daemon",
+                               "--example", "native_ceiling"], cwd=REPO,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit("cargo build failed:\n" + done.stderr[-4000:])
+        log(f"    built in {time.monotonic() - t0:.0f} s")
+    for binary in (daemon, native):
+        if not binary.exists():
+            raise SystemExit(f"{binary} is missing: run without --skip-build")
+    return daemon, native
+
+
+def client_usable(env: dict[str, str]) -> Optional[str]:
+    """None when qail_ipc imports and has what the modes use, else why not."""
+    probe = ("import qail_ipc, qail_ipc.aio\n"
+             "for name in ('use', 'prepare', 'query', 'pipeline', 'prepared_pipeline'):\n"
+             "    getattr(qail_ipc.Client, name)\n"
+             "getattr(qail_ipc.aio, 'connect')\n")
+    code, _, err = run_child([str(VENV_PYTHON), "-c", probe], 60, env)
+    return None if code == 0 else (err.strip().splitlines() or ["?"])[-1]
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    reexec_in_venv()
+    sys.path.insert(0, str(HERE))
+    import memory
+    import report
+    import services
+    from workloads import Spec
+
+    t_start = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    soft, hard = services.raise_nofile_limit()
+    modes = selected_modes(args.modes)
+    failures: list[str] = []
+    packages = json.loads(MARKER.read_text()) if MARKER.exists() else {}
+    for req, status in packages.items():
+        if status != "ok":
+            failures.append(f"pip install {req} {status}")
+    results: dict[str, Any] = {
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python3 benches/compare/run.py " + " ".join(argv),
+        "settings": {"reps": args.reps, "duration": args.duration, "warmup": args.warmup,
+                     "pool": args.pool, "processes": args.processes,
+                     "native_depth": args.native_depth, "quick": args.quick,
+                     "nofile_limit": f"{soft}/{hard}"},
+        "modes": [],
+        "failures": failures,
+    }
+
+    child_env = {**os.environ, "PYTHONPATH": str(CLIENT_DIR)}
+    child_env.pop("QAIL_SOCKET", None)
+    client = args.client
+    if client == "qail_ipc":
+        why = client_usable(child_env)
+        if why:
+            failures.append(f"qail_ipc unusable ({why}): daemon modes used the bench's raw "
+                            "protocol client instead")
+            log(f"!!  qail_ipc is not usable ({why}); falling back to benches/compare/rawclient.py")
+            client = "raw"
+    results["settings"]["daemon_client"] = (
+        "qail_ipc (clients/python)" if client == "qail_ipc"
+        else "raw protocol client (benches/compare/rawclient.py)")
+
+    with ExitStack() as stack:
+        stack.callback(kill_children)
+        daemon_bin, native_bin = build(args.skip_build)
+
+        log("==> starting a throwaway PostgreSQL cluster")
+        pg = services.PostgresCluster()
+        stack.callback(pg.stop)
+        pg.start(max_connections=max(150, args.processes + 4 * args.pool + 40))
+        pg.load_workload()
+        log(f"    {pg.version}, socket {pg.socket_dir}, port {pg.port}; users: 1,000 rows")
+
+        bouncer: Optional[services.PgBouncer] = None
+        if any(m.needs == "pgbouncer" for m in modes):
+            try:
+                binary = services.install_pgbouncer(log)
+                bouncer = services.PgBouncer(binary, pg, args.pool)
+                stack.callback(bouncer.stop)
+                bouncer.start()
+                log(f"    {bouncer.version}: transaction mode, pool {args.pool}, "
+                    f"socket {bouncer.socket_dir}")
+            except services.ServiceError as exc:
+                failures.append(f"PgBouncer unavailable, its mode skipped: {exc}")
+                log(f"!!  {exc}")
+                bouncer = None
+        psqlpy_ok = packages.get("psqlpy") == "ok"
+
+        log(f"==> starting qail-daemon (pool_max {args.pool}) over the cluster's Unix socket")
+        daemon = services.Daemon(daemon_bin, pg, args.pool, "throughput")
+        stack.callback(daemon.stop)
+        daemon.start()
+
+        results["machine"] = machine_description(pg.version, bouncer.version if bouncer else "")
+        spec = Spec(duration=args.duration, warmup=args.warmup, pool=args.pool,
+                    processes=args.processes, pg_socket_dir=str(pg.socket_dir),
+                    pg_port=pg.port, pg_user=services.PG_USER,
+                    pg_password=services.PG_PASSWORD, pg_database=services.PG_DATABASE,
+                    daemon_socket=str(daemon.socket), client=client,
+                    bouncer_socket_dir=str(bouncer.socket_dir) if bouncer else "",
+                    bouncer_port=bouncer.port if bouncer else 0)
+
+        runnable: list[Mode] = []
+        for m in modes:
+            if m.needs == "psqlpy" and not psqlpy_ok:
+                failures.append(f"{m.label}: skipped, psqlpy could not be installed")
+            elif m.needs == "pgbouncer" and bouncer is None:
+                failures.append(f"{m.label}: skipped, PgBouncer unavailable")
+            else:
+                runnable.append(m)
+        runs: dict[str, list[dict[str, Any]]] = {m.key: [] for m in runnable}
+        errors: dict[str, str] = {}
+
+        total = len(runnable) * args.reps
+        log(f"==> {len(runnable)} modes x {args.reps} repetition(s), "
+            f"{args.warmup:g} s warm-up + {args.duration:g} s each, interleaved")
+        n = 0
+        for rep in range(args.reps):
+            for m in runnable:
+                n += 1
+                elapsed = time.monotonic() - t_start
+                prefix = (f"[{n:3d}/{total}  {int(elapsed) // 60}:{int(elapsed) % 60:02d}] "
+                          f"rep {rep + 1}/{args.reps}  {m.label[:52]:<52}")
+                print(prefix, end=" ", flush=True)
+                if m.workload == "native":
+                    argv_run = [str(native_bin), "--host", str(pg.socket_dir),
+                                "--port", str(pg.port), "--user", services.PG_USER,
+                                "--password", services.PG_PASSWORD,
+                                "--dbname", services.PG_DATABASE,
+                                "--connections", str(args.pool),
+                                "--depth", str(args.native_depth),
+                                "--seconds", str(args.duration), "--warmup", str(args.warmup)]
+                else:
+                    run_spec = {**asdict(spec), "json_codec": m.json_codec}
+                    argv_run = [str(VENV_PYTHON), str(HERE / "workloads.py"), m.workload,
+                                json.dumps(run_spec)]
+                code, out, err = run_child(argv_run, args.warmup + args.duration + 180, child_env)
+                try:
+                    if code != 0:
+                        raise ValueError(err.strip() or f"exit status {code}")
+                    measured = json.loads(out.strip().splitlines()[-1])
+                except (ValueError, IndexError) as exc:
+                    errors[m.key] = str(exc)
+                    print("FAILED: " + (str(exc).splitlines() or ["?"])[-1][:100], flush=True)
+                    continue
+                runs[m.key].append(measured)
+                lat = (f"  p50 {measured['p50_us']:,.0f} µs  p99 {measured['p99_us']:,.0f} µs"
+                       if "p50_us" in measured else "")
+                print(f"{measured['qps']:>10,.0f} q/s{lat}", flush=True)
+
+        for m in runnable:
+            entry: dict[str, Any] = {
+                "key": m.key, "group": m.group, "label": m.label, "notes": m.notes,
+                "count_only": m.count_only, "sequential": m.sequential,
+                "json_codec": m.json_codec if m.group == DAEMON else None,
+                "median": report.summarise(runs[m.key]), "runs": runs[m.key],
+            }
+            if m.key in errors:
+                entry["error"] = errors[m.key]
+                failures.append(f"{m.label}: {errors[m.key].splitlines()[-1][:200]}")
+            results["modes"].append(entry)
+        report.add_ratios(results)
+        log("    daemon log tail:\n      " + "\n      ".join(daemon.log_tail(5).splitlines()))
+        daemon.stop()
+
+        if args.connections > 0:
+            log(f"==> memory: a fresh daemon, then up to {args.connections:,} idle connections")
+            limit_needed = args.connections + 256
+            connections = args.connections
+            if soft < limit_needed:
+                connections = max(1000, (soft - 256) // 1000 * 1000)
+                failures.append(f"open-file limit {soft} allows only {connections} idle "
+                                f"connections (asked {args.connections}): raise `ulimit -Hn`")
+            mem_daemon = services.Daemon(daemon_bin, pg, args.pool, "memory")
+            stack.callback(mem_daemon.stop)
+            mem_daemon.start()
+            try:
+                results["memory"] = memory.measure(mem_daemon, connections,
+                                                   1000 if connections >= 2000 else 500, log)
+            except Exception as exc:  # report what happened; the rest is still worth writing
+                results["memory"] = {"error": repr(exc), "daemon_log": mem_daemon.log_tail(10)}
+                failures.append(f"memory test failed: {exc!r}")
+                log(f"!!  memory test failed: {exc!r}\n{mem_daemon.log_tail(10)}")
+            mem_daemon.stop()
+
+        results["machine"]["load average at end"] = " ".join(
+            Path("/proc/loadavg").read_text().split()[:3])
+        results["wall_seconds"] = round(time.monotonic() - t_start, 1)
+        stem = "compare-quick" if args.quick else "compare"
+        if args.modes:
+            stem += "-partial"
+        written = report.write(results, args.out, stem)
+        log("")
+        log(report.console_table(results))
+        if failures:
+            log("\nskipped or failed:\n  " + "\n  ".join(failures))
+        log(f"\nwrote {', '.join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in written)}"
+            f" in {results['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything started was stopped and removed", file=sys.stderr)
+        sys.exit(130)
