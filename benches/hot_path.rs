@@ -15,7 +15,9 @@ use tokio_postgres::types::Type;
 use tokio_util::codec::Decoder;
 
 fn pipeline_request(n: usize) -> Vec<u8> {
-    let params: Vec<String> = (0..n).map(|i| format!("[\"{}\"]", [10, 5, 1][i % 3])).collect();
+    let params: Vec<String> = (0..n)
+        .map(|i| format!("[\"{}\"]", [10, 5, 1][i % 3]))
+        .collect();
     format!(
         "{{\"id\":7,\"op\":\"pipeline\",\"handle\":\"h00000abc-1\",\"params_batch\":[{}],\"count_only\":true}}",
         params.join(",")
@@ -39,7 +41,9 @@ fn codec(c: &mut Criterion) {
     g.bench_function("parse_query_request", |b| b.iter(|| parse(body).is_ok()));
     let big = pipeline_request(10_000);
     g.throughput(Throughput::Elements(10_000));
-    g.bench_function("parse_pipeline_10k", |b| b.iter(|| parse(&big).map(|r| r.params_batch.map(|p| p.len())).ok()));
+    g.bench_function("parse_pipeline_10k", |b| {
+        b.iter(|| parse(&big).map(|r| r.params_batch.map(|p| p.len())).ok())
+    });
     g.finish();
 }
 
@@ -83,7 +87,9 @@ fn values(c: &mut Criterion) {
     });
     let raw: Box<serde_json::value::RawValue> = serde_json::from_str("\"10\"").unwrap();
     g.throughput(Throughput::Elements(1));
-    g.bench_function("param_text_string_for_int8", |b| b.iter(|| param_text(&raw, &Type::INT8).is_ok()));
+    g.bench_function("param_text_string_for_int8", |b| {
+        b.iter(|| param_text(&raw, &Type::INT8).is_ok())
+    });
     g.finish();
 }
 
@@ -95,15 +101,22 @@ fn catalog(c: &mut Criterion) {
         columns: vec![("id".into(), Type::INT4), ("name".into(), Type::TEXT)],
     };
     for i in 0..1000 {
-        cache.insert(&format!("SELECT id, name FROM users WHERE id = $1 -- {i}"), shape());
+        cache.insert(
+            &format!("SELECT id, name FROM users WHERE id = $1 -- {i}"),
+            shape(),
+        );
     }
     let sql = "SELECT id, name FROM users LIMIT $1";
     let entry = cache.insert(sql, shape());
     let handle = entry.handle.to_string();
     g.throughput(Throughput::Elements(1));
     g.bench_function("hit_by_sql", |b| b.iter(|| cache.get_by_sql(sql).is_some()));
-    g.bench_function("hit_by_handle", |b| b.iter(|| cache.get_by_handle(&handle).is_some()));
-    g.bench_function("miss", |b| b.iter(|| cache.get_by_sql("SELECT 42").is_some()));
+    g.bench_function("hit_by_handle", |b| {
+        b.iter(|| cache.get_by_handle(&handle).is_some())
+    });
+    g.bench_function("miss", |b| {
+        b.iter(|| cache.get_by_sql("SELECT 42").is_some())
+    });
     g.finish();
 }
 

@@ -63,7 +63,9 @@ impl Args {
             if flag == "--help" || flag == "-h" {
                 return Err(USAGE.into());
             }
-            let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
             let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
             match flag.as_str() {
                 "--host" => args.host = value,
@@ -96,7 +98,11 @@ struct Counters {
 }
 
 /// Runs one query and decodes its rows into Rust values; returns (rows, checksum).
-async fn one_query(client: &Client, statement: &Statement, i: usize) -> Result<(u64, u64), tokio_postgres::Error> {
+async fn one_query(
+    client: &Client,
+    statement: &Statement,
+    i: usize,
+) -> Result<(u64, u64), tokio_postgres::Error> {
     let limit = LIMITS[i % LIMITS.len()];
     let rows = client.query(statement, &[&limit]).await?;
     let mut sum = 0u64;
@@ -109,7 +115,12 @@ async fn one_query(client: &Client, statement: &Statement, i: usize) -> Result<(
 }
 
 /// Keeps `depth` queries in flight on one connection until told to stop.
-async fn drive(client: Client, statement: Statement, depth: usize, counters: Arc<Counters>) -> Result<(), tokio_postgres::Error> {
+async fn drive(
+    client: Client,
+    statement: Statement,
+    depth: usize,
+    counters: Arc<Counters>,
+) -> Result<(), tokio_postgres::Error> {
     let client = &client;
     let statement = &statement;
     let mut results = stream::iter(0usize..)
@@ -157,13 +168,26 @@ async fn main() -> Result<(), Box<dyn Error>> {
             }
         });
         let statement = client.prepare(SQL).await?;
-        tasks.push(tokio::spawn(drive(client, statement, args.depth, counters.clone())));
+        tasks.push(tokio::spawn(drive(
+            client,
+            statement,
+            args.depth,
+            counters.clone(),
+        )));
     }
 
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let (q0, r0, t0) = (counters.queries.load(Ordering::Relaxed), counters.rows.load(Ordering::Relaxed), Instant::now());
+    let (q0, r0, t0) = (
+        counters.queries.load(Ordering::Relaxed),
+        counters.rows.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
-    let (q1, r1, elapsed) = (counters.queries.load(Ordering::Relaxed), counters.rows.load(Ordering::Relaxed), t0.elapsed());
+    let (q1, r1, elapsed) = (
+        counters.queries.load(Ordering::Relaxed),
+        counters.rows.load(Ordering::Relaxed),
+        t0.elapsed(),
+    );
     counters.stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await??;

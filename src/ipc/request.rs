@@ -205,9 +205,11 @@ mod tests {
         let req = parse(frame).unwrap_or_else(|_| panic!("parse"));
         assert_eq!(req.id.unwrap().get(), "7");
         assert!(matches!(req.sql, Some(Cow::Borrowed(_))));
-        let escaped = parse(br#"{"id":1,"op":"query","sql":"SELECT\n1"}"#).unwrap_or_else(|_| panic!("parse"));
+        let escaped = parse(br#"{"id":1,"op":"query","sql":"SELECT\n1"}"#)
+            .unwrap_or_else(|_| panic!("parse"));
         assert_eq!(escaped.sql.as_deref(), Some("SELECT\n1"));
-        let null_sql = parse(br#"{"id":1,"op":"query","sql":null}"#).unwrap_or_else(|_| panic!("parse"));
+        let null_sql =
+            parse(br#"{"id":1,"op":"query","sql":null}"#).unwrap_or_else(|_| panic!("parse"));
         assert!(null_sql.sql.is_none());
         let params: Vec<&str> = req.params.unwrap().iter().map(|p| p.get()).collect();
         assert_eq!(params, ["\"10\"", "10", "null", "{\"a\":1}"]);

@@ -94,6 +94,9 @@ impl Session {
             FramedRead::with_capacity(read, FrameDecoder::new(self.shared.max_frame), READ_BUFFER);
         let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut reading = true;
+        // On shutdown a session stops reading, except that a client inside a transaction may
+        // still finish it (within the daemon's grace period); reading stops once it has.
+        let mut stopping = false;
         loop {
             tokio::select! {
                 biased;
@@ -102,7 +105,15 @@ impl Session {
                         break;
                     }
                 }
-                _ = self.cancel.cancelled(), if reading => reading = false,
+                _ = self.cancel.cancelled(), if !stopping => {
+                    stopping = true;
+                    if self.tx.is_none() {
+                        reading = false;
+                        if refuse_arrived(&self.shared, &mut frames, &mut in_flight).is_err() {
+                            break;
+                        }
+                    }
+                }
                 frame = frames.next(), if reading && in_flight.len() < self.shared.max_in_flight => {
                     match frame {
                         Some(Ok(frame)) => match self.route(frame) {
@@ -115,8 +126,13 @@ impl Session {
                                 if send(&self.shared, &mut write, &answer).await.is_err() {
                                     break;
                                 }
-                                if let Next::Close = next {
+                                if matches!(next, Next::Close) {
                                     reading = false;
+                                } else if stopping && self.tx.is_none() {
+                                    reading = false;
+                                    if refuse_arrived(&self.shared, &mut frames, &mut in_flight).is_err() {
+                                        break;
+                                    }
                                 }
                             }
                         },
@@ -329,6 +345,33 @@ async fn run_independent(
 }
 
 /// Writes one answer frame, counting its bytes.
+/// At shutdown: answers `shutting_down` to every request that has already arrived (without
+/// waiting for more), so a client learns why instead of just seeing the connection close.
+fn refuse_arrived(
+    shared: &Arc<Shared>,
+    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameDecoder>,
+    in_flight: &mut FuturesOrdered<Pending>,
+) -> Result<(), ()> {
+    use futures_util::FutureExt;
+    while let Some(Some(frame)) = frames.next().now_or_never() {
+        let Ok(frame) = frame else {
+            return Err(());
+        };
+        let id = match parse(&frame) {
+            Ok(req) => req.id.map(|id| id.get().to_owned()),
+            Err((id, _)) => id.map(|id| id.get().to_owned()),
+        };
+        let e = Error::new(
+            Code::ShuttingDown,
+            "the daemon is shutting down: retry on a new connection once it is back",
+        );
+        shared.metrics.count_error(e.code());
+        let answer = Reply::new(id.as_deref()).fail(&e);
+        in_flight.push_back(Box::pin(std::future::ready(answer)));
+    }
+    Ok(())
+}
+
 async fn send(shared: &Shared, write: &mut OwnedWriteHalf, answer: &[u8]) -> std::io::Result<()> {
     shared.metrics.frame_out(answer.len());
     write.write_all(answer).await
