@@ -54,7 +54,7 @@ impl Args {
             password: std::env::var("PGPASSWORD").ok(),
             dbname: "postgres".into(),
             connections: 8,
-            depth: 256,
+            depth: 64,
             seconds: 4.0,
             warmup: 1.0,
         };

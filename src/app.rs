@@ -175,8 +175,18 @@ impl Daemon {
             tracing::warn!(
                 sessions = sessions.len(),
                 grace_ms = grace.as_millis() as u64,
-                "sessions still busy after the grace period; their PostgreSQL connections will be closed"
+                "sessions still busy after the grace period; ending them and closing their PostgreSQL connections"
             );
+            shared.hard_stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(2), sessions.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    sessions = sessions.len(),
+                    "sessions did not end after a hard stop"
+                );
+            }
         }
         admin_cancel.cancel();
         if let Some(task) = admin_task {

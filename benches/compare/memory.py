@@ -7,7 +7,9 @@ Measured on a fresh daemon (nothing else running through it):
   process, in steps of 1,000, each doing what a real idle worker does (``hello`` + ``connect``)
   and then holding still; VmRSS after every step, and a least-squares slope over the steps;
 - 10,000 (or N) concurrent connections served: with all of them open, every connection sends
-  one ``query`` at once and then one ``ping``; the answers are read back and counted.
+  one ``query`` at once and then one ``ping``; the answers are read back and counted;
+- after closing them, a second round of N connections (open, serve, close): RSS that stays
+  flat is memory the daemon reuses, RSS that grows again is a per-connection leak.
 """
 
 from __future__ import annotations
@@ -82,6 +84,43 @@ def slope_kib(points: list[tuple[int, int]]) -> float:
     return sxy / sxx if sxx else 0.0
 
 
+def open_connections(daemon: Daemon, n: int, handshake: bytes) -> list[socket.socket]:
+    """Opens ``n`` connections, each doing ``handshake`` (two requests) and reading both answers."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.settimeout(15)
+            sock.connect(str(daemon.socket))
+        _, errors = send_all_then_read(socks, [handshake] * n, 2)
+        if errors:
+            raise RuntimeError(f"{len(errors)} handshakes failed, first: {errors[0]}")
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def serve_each(daemon: Daemon, socks: list[socket.socket], handle: str) -> dict[str, Any]:
+    """Every held connection asks at once: one query, then one ping."""
+    n = len(socks)
+    query = [frame({"id": 3, "op": "query", "handle": handle, "params": [1]})] * n
+    t0 = time.monotonic()
+    ok_q, errors_q = send_all_then_read(socks, query, 1)
+    query_seconds = time.monotonic() - t0
+    t0 = time.monotonic()
+    ok_p, errors_p = send_all_then_read(socks, [frame({"id": 4, "op": "ping"})] * n, 1)
+    return {
+        "connections": n,
+        "query_ok": ok_q, "query_errors": len(errors_q),
+        "query_error_sample": errors_q[:3], "query_seconds": query_seconds,
+        "ping_ok": ok_p, "ping_errors": len(errors_p), "ping_seconds": time.monotonic() - t0,
+        "rss_after_kib": daemon.status("VmRSS"), "hwm_kib": daemon.status("VmHWM"),
+    }
+
+
 def measure(daemon: Daemon, max_connections: int, step: int,
             log: Callable[[str], None]) -> dict[str, Any]:
     result: dict[str, Any] = {"daemon_nofile_limit": daemon.nofile_limit()}
@@ -108,16 +147,7 @@ def measure(daemon: Daemon, max_connections: int, step: int,
     try:
         t0 = time.monotonic()
         while len(socks) < max_connections:
-            new: list[socket.socket] = []
-            for _ in range(min(step, max_connections - len(socks))):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(60)
-                sock.connect(str(daemon.socket))
-                new.append(sock)
-                socks.append(sock)
-            ok, errors = send_all_then_read(new, [handshake] * len(new), 2)
-            if errors:
-                raise RuntimeError(f"{len(errors)} handshakes failed, first: {errors[0]}")
+            socks += open_connections(daemon, min(step, max_connections - len(socks)), handshake)
             rss = settle_rss(daemon)
             points.append((len(socks), rss))
             log(f"{len(socks):6d} idle connections: VmRSS {rss / 1024:7.1f} MiB "
@@ -128,30 +158,40 @@ def measure(daemon: Daemon, max_connections: int, step: int,
         result["kib_per_connection"] = per_conn
         result["mib_per_1000"] = per_conn * 1000 / 1024
         result["daemon_fds_held"] = daemon.open_fds()
-
-        # Every held connection asks at once: one query, then one ping.
-        n = len(socks)
-        query = [frame({"id": 3, "op": "query", "handle": handle, "params": [1]})] * n
-        t0 = time.monotonic()
-        ok_q, errors_q = send_all_then_read(socks, query, 1)
-        query_seconds = time.monotonic() - t0
-        t0 = time.monotonic()
-        ok_p, errors_p = send_all_then_read(socks, [frame({"id": 4, "op": "ping"})] * n, 1)
-        ping_seconds = time.monotonic() - t0
-        result["served"] = {
-            "connections": n,
-            "query_ok": ok_q, "query_errors": len(errors_q),
-            "query_error_sample": errors_q[:3], "query_seconds": query_seconds,
-            "ping_ok": ok_p, "ping_errors": len(errors_p), "ping_seconds": ping_seconds,
-            "rss_after_kib": daemon.status("VmRSS"), "hwm_kib": daemon.status("VmHWM"),
-        }
-        log(f"{n} connections each served one query ({ok_q} ok, {len(errors_q)} errors, "
-            f"{query_seconds:.2f} s) and one ping ({ok_p} ok, {ping_seconds:.2f} s); "
-            f"VmRSS {result['served']['rss_after_kib'] / 1024:.1f} MiB, "
-            f"peak {result['served']['hwm_kib'] / 1024:.1f} MiB")
+        served = result["served"] = serve_each(daemon, socks, handle)
+        served["kib_per_connection_after_serving"] = (
+            (served["rss_after_kib"] - baseline) / len(socks))
+        log(f"{len(socks)} connections each served one query ({served['query_ok']} ok, "
+            f"{served['query_errors']} errors, {served['query_seconds']:.2f} s) and one ping "
+            f"({served['ping_ok']} ok, {served['ping_seconds']:.2f} s); VmRSS "
+            f"{served['rss_after_kib'] / 1024:.1f} MiB "
+            f"({served['kib_per_connection_after_serving']:.1f} KiB per connection)")
     finally:
         for sock in socks:
             sock.close()
+    n = len(socks)
     result["rss_after_close_kib"] = settle_rss(daemon, 1.5)
-    log(f"after closing them: VmRSS {result['rss_after_close_kib'] / 1024:.1f} MiB")
+    result["daemon_fds_after_close"] = daemon.open_fds()
+    log(f"after closing them: VmRSS {result['rss_after_close_kib'] / 1024:.1f} MiB, "
+        f"{result['daemon_fds_after_close']} file descriptors still open in the daemon")
+
+    # Again with half as many: memory that is reused shows no growth, a per-connection leak
+    # shows up here. (Half, so that 1.5 N stays under the default max_clients of 16,384 even
+    # when closed sessions are never released.)
+    try:
+        socks = open_connections(daemon, max(1, n // 2), handshake)
+        try:
+            second = serve_each(daemon, socks, handle)
+        finally:
+            for sock in socks:
+                sock.close()
+        second["rss_after_close_kib"] = settle_rss(daemon, 1.5)
+        second["daemon_fds_after_close"] = daemon.open_fds()
+        result["second_round"] = second
+        log(f"second round of {second['connections']} connections served and closed: VmRSS "
+            f"{second['rss_after_close_kib'] / 1024:.1f} MiB, "
+            f"{second['daemon_fds_after_close']} descriptors open in the daemon")
+    except (OSError, RuntimeError) as exc:
+        result["second_round"] = {"error": repr(exc)}
+        log(f"second round failed: {exc!r}")
     return result

@@ -1,10 +1,14 @@
-"""Turning a comparison run into its outputs: the console table, Markdown, JSON and charts."""
+"""Turning a comparison run into its outputs: the console table, Markdown, JSON and charts.
+
+    python benches/compare/report.py benches/results/compare.json   # re-render md + png
+"""
 
 from __future__ import annotations
 
 import json
 import statistics
 from pathlib import Path
+import sys
 from typing import Any, Optional
 
 NATIVE_KEY = "native"
@@ -150,8 +154,23 @@ def markdown(results: dict[str, Any]) -> str:
                 f"errors, in {served['query_seconds']:.2f} s; then one ping each: "
                 f"{served['ping_ok']:,} ok in {served['ping_seconds']:.2f} s. Peak RSS "
                 f"{served['hwm_kib'] / 1024:.1f} MiB")
+            if "kib_per_connection_after_serving" in served:
+                lines.append(f"- RSS per connection once each has been served one query: "
+                             f"{served['kib_per_connection_after_serving']:.1f} KiB "
+                             f"({served['rss_after_kib'] / 1024:.1f} MiB with "
+                             f"{served['connections']:,} held)")
         if "rss_after_close_kib" in mem:
-            lines.append(f"- After closing them all: {mem['rss_after_close_kib'] / 1024:.1f} MiB")
+            lines.append(f"- After closing them all: {mem['rss_after_close_kib'] / 1024:.1f} MiB "
+                         f"RSS, {mem.get('daemon_fds_after_close', '?')} file descriptors still "
+                         f"open in the daemon")
+        second = mem.get("second_round") or {}
+        if "connections" in second:
+            lines.append(f"- A second round of {second['connections']:,} connections (open, one "
+                         f"query each, close): {second['query_ok']:,} ok; after it "
+                         f"{second['rss_after_close_kib'] / 1024:.1f} MiB RSS, "
+                         f"{second['daemon_fds_after_close']} descriptors open")
+        elif second.get("error"):
+            lines.append(f"- A second round of connections failed: {second['error']}")
     elif mem and mem.get("error"):
         lines += ["", f"Memory measurement failed: {mem['error']}"]
     lines += ["", "### Machine", ""]
@@ -208,7 +227,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ratio = m.get("ratio_native")
         text = f" {m['median']['qps']:,.0f}" + (f"  ({ratio:.2f}x native)" if ratio else "")
         ax.text(m["median"]["qps"], y, text, va="center", fontsize=7)
-    ax.set_xlim(right=max(values) * 12)
+    ax.set_xlim(right=max(values) * 5)
+    native = next((m["median"]["qps"] for m in modes if m["key"] == NATIVE_KEY), None)
+    if native:
+        ax.axvline(native, color="#444444", linestyle="--", linewidth=0.8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[g]) for g in groups]
     ax.legend(handles, groups, loc="lower right", fontsize=7)
     machine = results["machine"]
@@ -267,3 +289,14 @@ def write(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     js.write_text(json.dumps(results, indent=2) + "\n")
     written.append(js)
     return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: report.py RESULTS.json  (rewrites the .md and .png beside it)")
+    source = Path(sys.argv[1])
+    loaded = json.loads(source.read_text())
+    add_ratios(loaded)
+    for path in write(loaded, source.parent, source.stem):
+        print(path)
+    print(console_table(loaded))

@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import venv
 from contextlib import ExitStack
@@ -87,10 +88,11 @@ MODES: list[Mode] = [
          notes="optional `qail-ipc[fast]` codec"),
     Mode("asyncpg.seq", "asyncpg.seq", DIRECT, "asyncpg · sequential", sequential=True),
     Mode("asyncpg.fetchmany", "asyncpg.fetchmany", DIRECT,
-         "asyncpg · fetchmany, rows (10,000/batch)", notes="pipelined batch with rows"),
+         "asyncpg · fetchmany, rows (10,000/batch)",
+         notes="atomic: one transaction per batch; rows as one flat list"),
     Mode("asyncpg.executemany", "asyncpg.executemany", DIRECT,
          "asyncpg · executemany (9,999/batch)", count_only=True,
-         notes="pipelined; discards the rows"),
+         notes="atomic like fetchmany; discards the rows"),
     Mode("asyncpg.pool", "asyncpg.pool", DIRECT, "asyncpg · pool 8, 64 in flight",
          notes="asyncpg runs 1 query at a time per connection"),
     Mode("psycopg.seq", "psycopg.seq", DIRECT, "psycopg 3 · sequential", sequential=True,
@@ -265,7 +267,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="smoke run (~2 minutes): 1 repetition of 1.5 s, 2,000 idle "
                              "connections; results go to compare-quick.*")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per mode (median)")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run")
     parser.add_argument("--modes", default="",
                         help="comma-separated mode keys (or prefixes: daemon,asyncpg,multi,...) "
@@ -278,7 +280,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--client", choices=("qail_ipc", "raw"), default="qail_ipc",
                         help="Python client for the daemon modes (raw = the bench's own "
                              "minimal protocol client; qail_ipc falls back to it if unusable)")
-    parser.add_argument("--native-depth", type=int, default=256,
+    parser.add_argument("--native-depth", type=int, default=64,
                         help="queries in flight per connection in the native ceiling")
     parser.add_argument("--skip-build", action="store_true",
                         help="use the existing target/release binaries")
@@ -330,25 +332,40 @@ def client_usable(env: dict[str, str]) -> Optional[str]:
     return None if code == 0 else (err.strip().splitlines() or ["?"])[-1]
 
 
+@dataclass
+class Run:
+    """The state of one comparison run."""
+
+    args: argparse.Namespace
+    stack: ExitStack
+    results: dict[str, Any]
+    failures: list[str]
+    t_launch: float
+    t_start: float = 0.0
+    child_env: Optional[dict[str, str]] = None
+
+    def elapsed(self) -> str:
+        seconds = int(time.monotonic() - self.t_start)
+        return f"{seconds // 60}:{seconds % 60:02d}"
+
+
 def main(argv: list[str]) -> int:
     t_launch = time.monotonic()
     args = parse_args(argv)
     reexec_in_venv()
     sys.path.insert(0, str(HERE))
-    import memory
-    import report
     import services
-    from workloads import Spec
 
+    # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (as `cmd &` is).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     soft, hard = services.raise_nofile_limit()
     modes = selected_modes(args.modes)
     failures: list[str] = []
     packages = json.loads(MARKER.read_text()) if MARKER.exists() else {}
-    for req, status in packages.items():
-        if status != "ok":
-            failures.append(f"pip install {req} {status}")
+    failures += [f"pip install {req} {status}" for req, status in packages.items()
+                 if status != "ok"]
     results: dict[str, Any] = {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python3 benches/compare/run.py " + " ".join(argv),
@@ -359,160 +376,198 @@ def main(argv: list[str]) -> int:
         "modes": [],
         "failures": failures,
     }
-
-    child_env = {**os.environ, "PYTHONPATH": str(CLIENT_DIR)}
-    child_env.pop("QAIL_SOCKET", None)
-    client = args.client
-    if client == "qail_ipc":
-        why = client_usable(child_env)
-        if why:
-            failures.append(f"qail_ipc unusable ({why}): daemon modes used the bench's raw "
-                            "protocol client instead")
-            log(f"!!  qail_ipc is not usable ({why}); falling back to benches/compare/rawclient.py")
-            client = "raw"
-    results["settings"]["daemon_client"] = (
-        "qail_ipc (clients/python)" if client == "qail_ipc"
-        else "raw protocol client (benches/compare/rawclient.py)")
-
     with ExitStack() as stack:
         stack.callback(kill_children)
+        run = Run(args, stack, results, failures, t_launch)
         daemon_bin, native_bin = build(args.skip_build)
-        t_start = time.monotonic()
-
-        log("==> starting a throwaway PostgreSQL cluster")
-        pg = services.PostgresCluster()
-        stack.callback(pg.stop)
-        pg.start(max_connections=max(150, args.processes + 4 * args.pool + 40))
-        pg.load_workload()
-        log(f"    {pg.version}, socket {pg.socket_dir}, port {pg.port}; users: 1,000 rows")
-
-        bouncer: Optional[services.PgBouncer] = None
-        if any(m.needs == "pgbouncer" for m in modes):
-            try:
-                binary = services.install_pgbouncer(log)
-                bouncer = services.PgBouncer(binary, pg, args.pool)
-                stack.callback(bouncer.stop)
-                bouncer.start()
-                log(f"    {bouncer.version}: transaction mode, pool {args.pool}, "
-                    f"socket {bouncer.socket_dir}")
-            except services.ServiceError as exc:
-                failures.append(f"PgBouncer unavailable, its mode skipped: {exc}")
-                log(f"!!  {exc}")
-                bouncer = None
-        psqlpy_ok = packages.get("psqlpy") == "ok"
-
-        log(f"==> starting qail-daemon (pool_max {args.pool}) over the cluster's Unix socket")
-        daemon = services.Daemon(daemon_bin, pg, args.pool, "throughput")
-        stack.callback(daemon.stop)
-        daemon.start()
-
-        results["machine"] = machine_description(pg.version, bouncer.version if bouncer else "")
-        spec = Spec(duration=args.duration, warmup=args.warmup, pool=args.pool,
-                    processes=args.processes, pg_socket_dir=str(pg.socket_dir),
-                    pg_port=pg.port, pg_user=services.PG_USER,
-                    pg_password=services.PG_PASSWORD, pg_database=services.PG_DATABASE,
-                    daemon_socket=str(daemon.socket), client=client,
-                    bouncer_socket_dir=str(bouncer.socket_dir) if bouncer else "",
-                    bouncer_port=bouncer.port if bouncer else 0)
-
-        runnable: list[Mode] = []
-        for m in modes:
-            if m.needs == "psqlpy" and not psqlpy_ok:
-                failures.append(f"{m.label}: skipped, psqlpy could not be installed")
-            elif m.needs == "pgbouncer" and bouncer is None:
-                failures.append(f"{m.label}: skipped, PgBouncer unavailable")
-            else:
-                runnable.append(m)
-        runs: dict[str, list[dict[str, Any]]] = {m.key: [] for m in runnable}
-        errors: dict[str, str] = {}
-
-        total = len(runnable) * args.reps
-        log(f"==> {len(runnable)} modes x {args.reps} repetition(s), "
-            f"{args.warmup:g} s warm-up + {args.duration:g} s each, interleaved")
-        n = 0
-        for rep in range(args.reps):
-            for m in runnable:
-                n += 1
-                elapsed = time.monotonic() - t_start
-                prefix = (f"[{n:3d}/{total}  {int(elapsed) // 60}:{int(elapsed) % 60:02d}] "
-                          f"rep {rep + 1}/{args.reps}  {m.label[:52]:<52}")
-                print(prefix, end=" ", flush=True)
-                if m.workload == "native":
-                    argv_run = [str(native_bin), "--host", str(pg.socket_dir),
-                                "--port", str(pg.port), "--user", services.PG_USER,
-                                "--password", services.PG_PASSWORD,
-                                "--dbname", services.PG_DATABASE,
-                                "--connections", str(args.pool),
-                                "--depth", str(args.native_depth),
-                                "--seconds", str(args.duration), "--warmup", str(args.warmup)]
-                else:
-                    run_spec = {**asdict(spec), "json_codec": m.json_codec}
-                    argv_run = [str(VENV_PYTHON), str(HERE / "workloads.py"), m.workload,
-                                json.dumps(run_spec)]
-                code, out, err = run_child(argv_run, args.warmup + args.duration + 180, child_env)
-                try:
-                    if code != 0:
-                        raise ValueError(err.strip() or f"exit status {code}")
-                    measured = json.loads(out.strip().splitlines()[-1])
-                except (ValueError, IndexError) as exc:
-                    errors[m.key] = str(exc)
-                    print("FAILED: " + (str(exc).splitlines() or ["?"])[-1][:100], flush=True)
-                    continue
-                runs[m.key].append(measured)
-                lat = (f"  p50 {measured['p50_us']:,.0f} µs  p99 {measured['p99_us']:,.0f} µs"
-                       if "p50_us" in measured else "")
-                print(f"{measured['qps']:>10,.0f} q/s{lat}", flush=True)
-
-        for m in runnable:
-            entry: dict[str, Any] = {
-                "key": m.key, "group": m.group, "label": m.label, "notes": m.notes,
-                "count_only": m.count_only, "sequential": m.sequential,
-                "json_codec": m.json_codec if m.group == DAEMON else None,
-                "median": report.summarise(runs[m.key]), "runs": runs[m.key],
-            }
-            if m.key in errors:
-                entry["error"] = errors[m.key]
-                failures.append(f"{m.label}: {errors[m.key].splitlines()[-1][:200]}")
-            results["modes"].append(entry)
-        report.add_ratios(results)
-        log("    daemon log tail:\n      " + "\n      ".join(daemon.log_tail(5).splitlines()))
-        daemon.stop()
-
+        run.t_start = time.monotonic()
+        run.child_env = client_environment(run)
+        pg, bouncer = start_databases(run, modes)
+        run_modes(run, modes, pg, bouncer, daemon_bin, native_bin, packages)
         if args.connections > 0:
-            log(f"==> memory: a fresh daemon, then up to {args.connections:,} idle connections")
-            limit_needed = args.connections + 256
-            connections = args.connections
-            if soft < limit_needed:
-                connections = max(1000, (soft - 256) // 1000 * 1000)
-                failures.append(f"open-file limit {soft} allows only {connections} idle "
-                                f"connections (asked {args.connections}): raise `ulimit -Hn`")
-            mem_daemon = services.Daemon(daemon_bin, pg, args.pool, "memory")
-            stack.callback(mem_daemon.stop)
-            mem_daemon.start()
-            try:
-                results["memory"] = memory.measure(mem_daemon, connections,
-                                                   1000 if connections >= 2000 else 500, log)
-            except Exception as exc:  # report what happened; the rest is still worth writing
-                results["memory"] = {"error": repr(exc), "daemon_log": mem_daemon.log_tail(10)}
-                failures.append(f"memory test failed: {exc!r}")
-                log(f"!!  memory test failed: {exc!r}\n{mem_daemon.log_tail(10)}")
-            mem_daemon.stop()
-
-        results["machine"]["load average at end"] = " ".join(
-            Path("/proc/loadavg").read_text().split()[:3])
-        results["wall_seconds"] = round(time.monotonic() - t_launch, 1)
-        results["measure_seconds"] = round(time.monotonic() - t_start, 1)
-        stem = "compare-quick" if args.quick else "compare"
-        if args.modes:
-            stem += "-partial"
-        written = report.write(results, args.out, stem)
-        log("")
-        log(report.console_table(results))
-        if failures:
-            log("\nskipped or failed:\n  " + "\n  ".join(failures))
-        log(f"\nwrote {', '.join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in written)}"
-            f" in {results['wall_seconds']:.0f} s")
+            run_memory(run, pg, daemon_bin, soft)
+        finish(run)
     return 0
+
+
+def client_environment(run: Run) -> dict[str, str]:
+    """The environment of the workload processes, with a snapshot of the Python client.
+
+    The client is copied once, next to the daemon binary just built, so that one run uses one
+    consistent pair even while clients/python is being edited.
+    """
+    copy = Path(tempfile.mkdtemp(prefix="qail-bench-client-"))
+    run.stack.callback(shutil.rmtree, copy, ignore_errors=True)
+    if (CLIENT_DIR / "qail_ipc").is_dir():
+        shutil.copytree(CLIENT_DIR / "qail_ipc", copy / "qail_ipc",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("QAIL_SOCKET", None)
+    client = run.args.client
+    if client == "qail_ipc":
+        why = client_usable(env)
+        if why:
+            run.failures.append(f"qail_ipc unusable ({why}): the daemon modes used the bench's "
+                                "raw protocol client instead")
+            log(f"!!  qail_ipc is not usable ({why}); falling back to "
+                "benches/compare/rawclient.py")
+            client = "raw"
+    run.args.client = client
+    run.results["settings"]["daemon_client"] = (
+        "qail_ipc (clients/python)" if client == "qail_ipc"
+        else "raw protocol client (benches/compare/rawclient.py)")
+    return env
+
+
+def start_databases(run: Run, modes: list[Mode]) -> tuple[Any, Any]:
+    """The throwaway cluster with the workload, and PgBouncer when a mode needs it."""
+    import services
+
+    log("==> starting a throwaway PostgreSQL cluster")
+    pg = services.PostgresCluster()
+    run.stack.callback(pg.stop)
+    pg.start(max_connections=max(150, run.args.processes + 4 * run.args.pool + 40))
+    pg.load_workload()
+    log(f"    {pg.version}, socket {pg.socket_dir}, port {pg.port}; users: 1,000 rows")
+    bouncer = None
+    if any(m.needs == "pgbouncer" for m in modes):
+        try:
+            bouncer = services.PgBouncer(services.install_pgbouncer(log), pg, run.args.pool)
+            run.stack.callback(bouncer.stop)
+            bouncer.start()
+            log(f"    {bouncer.version}: transaction mode, pool {run.args.pool}, "
+                f"socket {bouncer.socket_dir}")
+        except services.ServiceError as exc:
+            run.failures.append(f"PgBouncer unavailable, its mode skipped: {exc}")
+            log(f"!!  {exc}")
+            bouncer = None
+    run.results["machine"] = machine_description(pg.version,
+                                                 bouncer.version if bouncer else "")
+    return pg, bouncer
+
+
+def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Path,
+              native_bin: Path, packages: dict[str, str]) -> None:
+    """Every mode, repetitions interleaved; medians and ratios into run.results."""
+    import report
+    import services
+    from workloads import Spec
+
+    args = run.args
+    log(f"==> starting qail-daemon (pool_max {args.pool}) over the cluster's Unix socket")
+    daemon = services.Daemon(daemon_bin, pg, args.pool, "throughput")
+    run.stack.callback(daemon.stop)
+    daemon.start()
+    spec = Spec(duration=args.duration, warmup=args.warmup, pool=args.pool,
+                processes=args.processes, pg_socket_dir=str(pg.socket_dir), pg_port=pg.port,
+                pg_user=services.PG_USER, pg_password=services.PG_PASSWORD,
+                pg_database=services.PG_DATABASE, daemon_socket=str(daemon.socket),
+                client=args.client,
+                bouncer_socket_dir=str(bouncer.socket_dir) if bouncer else "",
+                bouncer_port=bouncer.port if bouncer else 0)
+    runnable: list[Mode] = []
+    for m in modes:
+        if m.needs == "psqlpy" and packages.get("psqlpy") != "ok":
+            run.failures.append(f"{m.label}: skipped, psqlpy could not be installed")
+        elif m.needs == "pgbouncer" and bouncer is None:
+            run.failures.append(f"{m.label}: skipped, PgBouncer unavailable")
+        else:
+            runnable.append(m)
+    runs: dict[str, list[dict[str, Any]]] = {m.key: [] for m in runnable}
+    errors: dict[str, str] = {}
+    native_argv = [str(native_bin), "--host", str(pg.socket_dir), "--port", str(pg.port),
+                   "--user", services.PG_USER, "--password", services.PG_PASSWORD,
+                   "--dbname", services.PG_DATABASE, "--connections", str(args.pool),
+                   "--depth", str(args.native_depth), "--seconds", str(args.duration),
+                   "--warmup", str(args.warmup)]
+
+    total = len(runnable) * args.reps
+    log(f"==> {len(runnable)} modes x {args.reps} repetition(s), "
+        f"{args.warmup:g} s warm-up + {args.duration:g} s each, interleaved")
+    n = 0
+    for rep in range(args.reps):
+        for m in runnable:
+            n += 1
+            print(f"[{n:3d}/{total}  {run.elapsed()}] rep {rep + 1}/{args.reps}  "
+                  f"{m.label[:52]:<52}", end=" ", flush=True)
+            if m.workload == "native":
+                argv = native_argv
+            else:
+                argv = [str(VENV_PYTHON), str(HERE / "workloads.py"), m.workload,
+                        json.dumps({**asdict(spec), "json_codec": m.json_codec})]
+            code, out, err = run_child(argv, args.warmup + args.duration + 180, run.child_env)
+            try:
+                if code != 0:
+                    raise ValueError(err.strip() or f"exit status {code}")
+                measured = json.loads(out.strip().splitlines()[-1])
+            except (ValueError, IndexError) as exc:
+                errors[m.key] = str(exc)
+                print("FAILED: " + (str(exc).splitlines() or ["?"])[-1][:100], flush=True)
+                continue
+            runs[m.key].append(measured)
+            lat = (f"  p50 {measured['p50_us']:,.0f} µs  p99 {measured['p99_us']:,.0f} µs"
+                   if "p50_us" in measured else "")
+            print(f"{measured['qps']:>10,.0f} q/s{lat}", flush=True)
+
+    for m in runnable:
+        entry: dict[str, Any] = {
+            "key": m.key, "group": m.group, "label": m.label, "notes": m.notes,
+            "count_only": m.count_only, "sequential": m.sequential,
+            "json_codec": m.json_codec if m.group == DAEMON else None,
+            "median": report.summarise(runs[m.key]), "runs": runs[m.key],
+        }
+        if m.key in errors:
+            entry["error"] = errors[m.key]
+            run.failures.append(f"{m.label}: {errors[m.key].splitlines()[-1][:200]}")
+        run.results["modes"].append(entry)
+    report.add_ratios(run.results)
+    daemon.stop()
+
+
+def run_memory(run: Run, pg: Any, daemon_bin: Path, nofile_soft: int) -> None:
+    """Item 4: idle RSS, RSS per idle connection, N connections served (a fresh daemon)."""
+    import memory
+    import services
+
+    wanted = run.args.connections
+    log(f"==> memory: a fresh daemon, then up to {wanted:,} idle connections")
+    connections = wanted
+    if nofile_soft < wanted + 256:
+        connections = max(1000, (nofile_soft - 256) // 1000 * 1000)
+        run.failures.append(f"the open-file limit {nofile_soft} allows only {connections} idle "
+                            f"connections (asked for {wanted}): raise `ulimit -Hn`")
+    daemon = services.Daemon(daemon_bin, pg, run.args.pool, "memory")
+    run.stack.callback(daemon.stop)
+    daemon.start()
+    try:
+        run.results["memory"] = memory.measure(daemon, connections,
+                                               1000 if connections >= 2000 else 500, log)
+    except Exception as exc:  # report it; the throughput results are still worth writing
+        run.results["memory"] = {"error": repr(exc), "daemon_log": daemon.log_tail(10)}
+        run.failures.append(f"memory test failed: {exc!r}")
+        log(f"!!  memory test failed: {exc!r}\n{daemon.log_tail(10)}")
+    daemon.stop()
+
+
+def finish(run: Run) -> None:
+    """Writes the outputs and prints the table."""
+    import report
+
+    results = run.results
+    results["machine"]["load average at end"] = " ".join(
+        Path("/proc/loadavg").read_text().split()[:3])
+    results["wall_seconds"] = round(time.monotonic() - run.t_launch, 1)
+    results["measure_seconds"] = round(time.monotonic() - run.t_start, 1)
+    stem = "compare-quick" if run.args.quick else "compare"
+    if run.args.modes:
+        stem += "-partial"
+    written = report.write(results, run.args.out, stem)
+    log("")
+    log(report.console_table(results))
+    if run.failures:
+        log("\nskipped or failed:\n  " + "\n  ".join(run.failures))
+    names = [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in written]
+    log(f"\nwrote {', '.join(names)} in {results['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -252,11 +252,12 @@ class PgBouncer:
         chown_tree(self.dir)
         self.version = subprocess.run([self.binary, "--version"], capture_output=True,
                                       text=True).stdout.strip().splitlines()[0]
-        self.proc = subprocess.Popen(as_service_user([self.binary, str(self.dir / "pgbouncer.ini")]),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        proc = subprocess.Popen(as_service_user([self.binary, str(self.dir / "pgbouncer.ini")]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.proc = proc
         sock = self.socket_dir / f".s.PGSQL.{self.port}"
-        wait_for(sock.exists, 20, "pgbouncer", alive=lambda: self.proc.poll() is None)
+        wait_for(sock.exists, 20, "pgbouncer", alive=lambda: proc.poll() is None)
 
     def stop(self) -> None:
         stop_process_group(self.proc, grace=5)
@@ -294,10 +295,11 @@ class Daemon:
         env.pop("QAIL_SOCKET", None)
         with open(self.log, "wb") as log:
             # The driver raised its own RLIMIT_NOFILE to the hard limit; the daemon inherits it.
-            self.proc = subprocess.Popen([str(self.binary), "--config", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-        wait_for(self.socket.exists, 30, "qail-daemon", alive=lambda: self.proc.poll() is None)
+            proc = subprocess.Popen([str(self.binary), "--config", str(self.config)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        self.proc = proc
+        wait_for(self.socket.exists, 30, "qail-daemon", alive=lambda: proc.poll() is None)
 
     @property
     def pid(self) -> int:

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
 
 SQL = "SELECT id, name FROM users LIMIT $1"

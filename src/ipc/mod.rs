@@ -43,6 +43,9 @@ pub struct Shared {
     /// True while the accept loop runs.
     accepting: AtomicBool,
     next_session: AtomicU64,
+    /// Fired when the shutdown grace period is over: sessions end at once, and an open
+    /// transaction's connection is discarded (PostgreSQL rolls it back).
+    pub hard_stop: CancellationToken,
 }
 
 impl Shared {
@@ -58,6 +61,7 @@ impl Shared {
             clients: Arc::new(Clients::default()),
             accepting: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
+            hard_stop: CancellationToken::new(),
         }
     }
 

@@ -103,6 +103,8 @@ pub struct Request<'a> {
     #[serde(borrow)]
     pub params_batch: Option<Vec<Vec<&'a RawValue>>>,
     pub count_only: Option<bool>,
+    /// `pipeline`: send the columns once at the top instead of in every result.
+    pub compact: Option<bool>,
     pub atomic: Option<bool>,
     #[serde(borrow)]
     pub statements: Option<Vec<StatementSpec<'a>>>,

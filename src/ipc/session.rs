@@ -90,6 +90,25 @@ impl Session {
     /// Serves the connection until the client leaves, sends `close`, or the daemon stops.
     pub async fn run(mut self, stream: UnixStream) {
         let (read, mut write) = stream.into_split();
+        let hard_stop = self.shared.hard_stop.clone();
+        tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => {
+                // The grace period is over: dropping the transaction discards its connection.
+                if self.tx.take().is_some() {
+                    tracing::warn!("open transaction abandoned at the end of the shutdown grace period");
+                }
+            }
+            _ = self.serve(read, &mut write) => {}
+        }
+        let _ = write.shutdown().await;
+        if let Some(tx) = self.tx.take() {
+            transaction::abandon(tx).await;
+        }
+    }
+
+    /// The read–dispatch–answer loop; returns when the session should end.
+    async fn serve(&mut self, read: tokio::net::unix::OwnedReadHalf, write: &mut OwnedWriteHalf) {
         let mut frames =
             FramedRead::with_capacity(read, FrameDecoder::new(self.shared.max_frame), READ_BUFFER);
         let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -101,11 +120,11 @@ impl Session {
             tokio::select! {
                 biased;
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                    if send(&self.shared, &mut write, &answer).await.is_err() {
+                    if send(&self.shared, &mut *write, &answer).await.is_err() {
                         break;
                     }
                 }
-                _ = self.cancel.cancelled(), if !stopping => {
+                _ = self.cancel.cancelled(), if reading && !stopping => {
                     stopping = true;
                     if self.tx.is_none() {
                         reading = false;
@@ -119,11 +138,11 @@ impl Session {
                         Some(Ok(frame)) => match self.route(frame) {
                             Ok(pending) => in_flight.push_back(pending),
                             Err(frame) => {
-                                if drain(&self.shared, &mut in_flight, &mut write).await.is_err() {
+                                if drain(&self.shared, &mut in_flight, &mut *write).await.is_err() {
                                     break;
                                 }
                                 let (answer, next) = self.run_inline(&frame).await;
-                                if send(&self.shared, &mut write, &answer).await.is_err() {
+                                if send(&self.shared, &mut *write, &answer).await.is_err() {
                                     break;
                                 }
                                 if matches!(next, Next::Close) {
@@ -137,14 +156,14 @@ impl Session {
                             }
                         },
                         Some(Err(FrameError::TooLarge { len, max })) => {
-                            let _ = drain(&self.shared, &mut in_flight, &mut write).await;
+                            let _ = drain(&self.shared, &mut in_flight, &mut *write).await;
                             let e = Error::new(
                                 Code::FrameTooLarge,
                                 format!("frame of {len} bytes exceeds the {max}-byte limit; closing the connection"),
                             );
                             tracing::debug!(len, max, "refused oversized frame");
                             self.shared.metrics.count_error(e.code());
-                            let _ = send(&self.shared, &mut write, &Reply::new(None).fail(&e)).await;
+                            let _ = send(&self.shared, &mut *write, &Reply::new(None).fail(&e)).await;
                             break;
                         }
                         Some(Err(FrameError::Io(e))) => {
@@ -156,10 +175,6 @@ impl Session {
                 }
                 else => break,
             }
-        }
-        let _ = write.shutdown().await;
-        if let Some(tx) = self.tx.take() {
-            transaction::abandon(tx).await;
         }
     }
 

@@ -329,7 +329,18 @@ pub fn write_query_fields(
 ) -> Result<(), Error> {
     out.extend_from_slice(b"\"columns\":");
     out.extend_from_slice(columns_json);
-    out.extend_from_slice(b",\"rows\":");
+    out.push(b',');
+    write_result_fields(out, entry, outcome)
+}
+
+/// `"rows":..,"command":..,"rows_affected":..` — a result without its columns (compact
+/// pipelines send the columns once).
+pub fn write_result_fields(
+    out: &mut Vec<u8>,
+    entry: &Entry,
+    outcome: &Outcome,
+) -> Result<(), Error> {
+    out.extend_from_slice(b"\"rows\":");
     write_rows(out, &outcome.rows)?;
     out.extend_from_slice(b",\"command\":");
     write_json_str(out, &entry.class.tag(outcome.affected));

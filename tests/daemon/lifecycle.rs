@@ -114,9 +114,10 @@ async fn shutdown_lets_an_open_transaction_finish() {
     let mut late = RawClient::connect(&socket).await;
     late.connect_main().await;
     stop.send(()).expect("daemon task alive");
-    late.send(&json!({"id": 99, "op": "query", "sql": "SELECT 1"}))
+    let sent = late
+        .try_send(&json!({"id": 99, "op": "query", "sql": "SELECT 1"}))
         .await;
-    if let Some(answer) = late.try_recv().await {
+    if let (Ok(()), Some(answer)) = (sent, late.try_recv().await) {
         // Depending on timing it ran before the stop or was refused; never silently lost.
         assert!(
             answer["ok"] == json!(true) || answer["error"]["code"] == "shutting_down",

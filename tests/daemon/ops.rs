@@ -23,16 +23,6 @@ fn col(name: &str, ty: &str) -> Value {
     json!({"name": name, "type": ty})
 }
 
-/// Row count of `table` read directly from PostgreSQL (not through the daemon).
-pub async fn count_direct(db: &TestDb, sql: &str) -> i64 {
-    db.admin()
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_answers_protocol_server_and_session() {
     let (_db, daemon) = users_db().await;
@@ -105,6 +95,9 @@ async fn token_is_required_before_anything_but_hello_and_ping() {
     other
         .expect_error(json!({"op": "connect", "upstream": "main"}), "auth_failed")
         .await;
+    // close needs no token.
+    other.call_ok(json!({"op": "close"})).await;
+    other.expect_closed().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +334,8 @@ async fn execute_reports_rows_affected_and_the_command_tag() {
     assert_eq!(r["command"], json!("UPDATE 2"));
 
     assert_eq!(
-        count_direct(&db, "SELECT count(*) FROM users WHERE name = 'ADA L.'").await,
+        db.count("SELECT count(*) FROM users WHERE name = 'ADA L.'", &[])
+            .await,
         1
     );
 }
@@ -438,7 +432,7 @@ async fn pipeline_failure_reports_index_succeeded_and_failed() {
     assert_eq!(e["index"], json!(2), "{e}");
     assert_eq!(e["succeeded"], json!(3), "{e}");
     assert_eq!(e["failed"], json!(1), "{e}");
-    assert_eq!(count_direct(&db, "SELECT count(*) FROM t").await, 3);
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 3);
 
     // Atomic: nothing stays.
     let e = c
@@ -447,7 +441,7 @@ async fn pipeline_failure_reports_index_succeeded_and_failed() {
     assert_eq!(e["code"], json!("23505"), "{e}");
     assert_eq!(e["index"], json!(2), "{e}");
     assert_eq!(
-        count_direct(&db, "SELECT count(*) FROM t WHERE id >= 10").await,
+        db.count("SELECT count(*) FROM t WHERE id >= 10", &[]).await,
         0
     );
 
@@ -457,7 +451,7 @@ async fn pipeline_failure_reports_index_succeeded_and_failed() {
         .await;
     assert_eq!(r["count"], json!(2));
     assert_eq!(
-        count_direct(&db, "SELECT count(*) FROM t WHERE id >= 20").await,
+        db.count("SELECT count(*) FROM t WHERE id >= 20", &[]).await,
         2
     );
 }
@@ -507,7 +501,7 @@ async fn batch_failure_in_the_middle_atomic_and_not() {
     assert_eq!(e["succeeded"], json!(2), "{e}");
     assert_eq!(e["failed"], json!(1), "{e}");
     assert_eq!(
-        count_direct(&db, "SELECT count(*) FROM t").await,
+        db.count("SELECT count(*) FROM t", &[]).await,
         2,
         "without atomic the statements around the failure ran"
     );
@@ -518,7 +512,7 @@ async fn batch_failure_in_the_middle_atomic_and_not() {
     assert_eq!(e["code"], json!("23505"), "{e}");
     assert_eq!(e["index"], json!(1), "{e}");
     assert_eq!(
-        count_direct(&db, "SELECT count(*) FROM t WHERE id >= 10").await,
+        db.count("SELECT count(*) FROM t WHERE id >= 10", &[]).await,
         0,
         "an atomic batch that fails leaves nothing"
     );
@@ -535,13 +529,13 @@ async fn begin_commit_and_rollback() {
     assert_eq!(r["command"], json!("BEGIN"));
     c.execute("INSERT INTO t VALUES (1)", json!([])).await;
     assert_eq!(
-        count_direct(&db, "SELECT count(*) FROM t").await,
+        db.count("SELECT count(*) FROM t", &[]).await,
         0,
         "uncommitted rows are invisible to others"
     );
     let r = c.call_ok(json!({"op": "rollback"})).await;
     assert_eq!(r["command"], json!("ROLLBACK"));
-    assert_eq!(count_direct(&db, "SELECT count(*) FROM t").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 0);
 
     c.call_ok(json!({"op": "begin"})).await;
     let pid1 = c.scalar("SELECT pg_backend_pid()", json!([])).await;
@@ -556,7 +550,7 @@ async fn begin_commit_and_rollback() {
     assert_eq!(pid1, pid2, "a transaction pins one PostgreSQL connection");
     let r = c.call_ok(json!({"op": "commit"})).await;
     assert_eq!(r["command"], json!("COMMIT"));
-    assert_eq!(count_direct(&db, "SELECT count(*) FROM t").await, 4);
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,7 +625,7 @@ async fn commit_after_an_error_is_transaction_aborted_and_rolls_back() {
         .await;
     c.expect_error(json!({"op": "commit"}), "transaction_aborted")
         .await;
-    assert_eq!(count_direct(&db, "SELECT count(*) FROM t").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 0);
     // The session is out of the transaction and usable.
     assert_eq!(c.scalar("SELECT 1", json!([])).await, json!(1));
     c.call_ok(json!({"op": "begin"})).await;
@@ -657,7 +651,7 @@ async fn savepoints_work_inside_a_transaction() {
     c.execute("INSERT INTO t VALUES (2)", json!([])).await;
     c.execute("RELEASE SAVEPOINT before_dup", json!([])).await;
     c.call_ok(json!({"op": "commit"})).await;
-    assert_eq!(count_direct(&db, "SELECT count(*) FROM t").await, 2);
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,17 +706,14 @@ async fn timeout_ms_cancels_the_statement_inside_postgresql() {
 
 /// Waits (at most 5 s) until no backend runs a query containing `marker`.
 pub async fn wait_until_not_running(db: &TestDb, marker: &str) {
-    let admin = db.admin().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let running: i64 = admin
-            .query_one(
+        let running = db
+            .count(
                 "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
                 &[&marker],
             )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
+            .await;
         if running == 0 {
             return;
         }
@@ -749,4 +740,28 @@ async fn the_test_cluster_refuses_wrong_passwords() {
         Some("28P01"),
         "PostgreSQL must refuse a wrong password (invalid_password)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_default_statement_timeout_applies_without_timeout_ms() {
+    let db = TestDb::new().await;
+    let daemon = db
+        .daemon_with(|cfg| cfg.limits.statement_timeout_ms = 300)
+        .await;
+    let mut c = daemon.connected().await;
+    let started = Instant::now();
+    c.expect_error(
+        json!({"op": "query", "sql": "SELECT pg_sleep(30) AS slept_for_the_default_timeout"}),
+        "timeout",
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_until_not_running(&db, "slept_for_the_default_timeout").await;
+    // A request's own timeout_ms wins over the default; 0 means no limit for this request.
+    for own in [5000, 0] {
+        let request =
+            json!({"op": "query", "sql": "SELECT 1 AS x FROM pg_sleep(0.5)", "timeout_ms": own});
+        let r = c.call_ok(request).await;
+        assert_eq!(r["rows"], json!([[1]]), "timeout_ms {own}");
+    }
 }

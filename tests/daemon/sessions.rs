@@ -6,22 +6,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::ops::count_direct;
 use crate::support::{extra_upstream, TestDb};
 
 /// Waits (at most 5 s) until no backend of `db` is "idle in transaction".
 async fn wait_no_idle_in_transaction(db: &TestDb) {
-    let admin = db.admin().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let open: i64 = admin
-            .query_one(
+        let open = db
+            .count(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
                 &[&db.name],
             )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
+            .await;
         if open == 0 {
             return;
         }
@@ -72,7 +68,7 @@ async fn close_mid_transaction_rolls_back() {
     c.call_ok(json!({"op": "close"})).await;
     c.expect_closed().await;
     wait_no_idle_in_transaction(&db).await;
-    assert_eq!(count_direct(&db, "SELECT count(*) FROM t").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,16 +125,12 @@ async fn session_state_does_not_leak_between_clients() {
         Value::Null,
         "temporary tables are dropped"
     );
-    let locks: i64 = db
-        .admin()
-        .await
-        .query_one(
+    let locks = db
+        .count(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
             &[],
         )
-        .await
-        .expect("pg_locks")
-        .get(0);
+        .await;
     assert_eq!(locks, 0, "advisory locks are released");
 }
 
@@ -255,16 +247,12 @@ async fn many_clients_share_a_small_pool() {
             .expect("client task panicked");
         assert_eq!(value, json!(n + 1000));
     }
-    let backends: i64 = db
-        .admin()
-        .await
-        .query_one(
+    let backends = db
+        .count(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name <> 'qail-tests'",
             &[&db.name],
         )
-        .await
-        .expect("pg_stat_activity")
-        .get(0);
+        .await;
     assert!(
         backends <= 2,
         "20 clients used {backends} backends with pool_max 2"

@@ -5,7 +5,6 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
 use serde_json::json;
 
-use crate::ops::count_direct;
 use crate::support::{base_config, temp_dir, TestDaemon, TestDb};
 
 fn mode_of(path: &std::path::Path) -> u32 {
@@ -132,7 +131,7 @@ async fn shutdown_rolls_back_open_transactions_and_run_returns_ok() {
     c.execute("INSERT INTO t VALUES (1)", json!([])).await;
     let socket = daemon.socket_path().to_path_buf();
     daemon.shutdown().await;
-    assert_eq!(count_direct(&db, "SELECT count(*) FROM t").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 0);
     // The client learns that the daemon is gone: a shutting_down answer or a closed socket.
     if c.try_send(&json!({"id": 99, "op": "ping"})).await.is_ok() {
         if let Some(r) = c.try_recv().await {

@@ -14,6 +14,8 @@ use super::pg::{PgCluster, PG_PASSWORD, PG_USER};
 
 /// How long `shutdown` waits for the daemon to exit.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on every statement a test runs directly on PostgreSQL.
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A uniquely named database on the shared cluster, for one test.
 pub struct TestDb {
@@ -37,11 +39,26 @@ impl TestDb {
 
     /// Runs setup SQL directly on this database.
     pub async fn setup(&self, sql: &str) {
-        self.admin()
+        let admin = self.admin().await;
+        tokio::time::timeout(DIRECT_TIMEOUT, admin.batch_execute(sql))
             .await
-            .batch_execute(sql)
-            .await
+            .unwrap_or_else(|_| panic!("setup SQL timed out:\n{sql}"))
             .unwrap_or_else(|e| panic!("setup SQL failed: {e}\n{sql}"));
+    }
+
+    /// Runs a one-row, one-`int8`-column query directly on this database (for checks that must
+    /// not go through the daemon: row counts, pg_stat_activity, pg_locks).
+    pub async fn count(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> i64 {
+        let admin = self.admin().await;
+        tokio::time::timeout(DIRECT_TIMEOUT, admin.query_one(sql, params))
+            .await
+            .unwrap_or_else(|_| panic!("direct query timed out: {sql}"))
+            .unwrap_or_else(|e| panic!("direct query failed: {e}: {sql}"))
+            .get(0)
     }
 
     /// A daemon serving this database as upstream `main`.

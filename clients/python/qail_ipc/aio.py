@@ -272,7 +272,7 @@ class AsyncClient(_Base):
         """One statement, many parameter lists; one :class:`~qail_ipc.Result` each."""
         message = self._pipeline_message(statement, params_batch, atomic, False)
         answer = await self._run(message, statement)
-        return [self._result(r) for r in answer.get("results") or ()]
+        return self._pipeline_results(answer)
 
     async def prepared_pipeline(
         self, statement: Statement, params_batch: Iterable[Params], *, atomic: bool = False

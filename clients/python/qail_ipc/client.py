@@ -33,7 +33,7 @@ from typing import (
 )
 
 from ._protocol import PROTOCOL, encode_frame, read_frame, resolve_socket_path
-from ._values import decode_rows, encode_params
+from ._values import decode_rows, decoder_for, encode_params
 from .errors import Error, InterfaceError, OperationalError, from_wire
 from .rows import Column, RowFactory, tuple_row
 
@@ -220,6 +220,27 @@ class _Base:
         columns, rows = self._make_rows(response)
         return Result(columns, rows, response.get("command", ""), _rows_affected(response))
 
+    def _pipeline_results(self, answer: Dict[str, Any]) -> List[Result]:
+        """The results of a compact ``pipeline`` answer (columns sent once, at the top)."""
+        results = answer.get("results") or ()
+        if "columns" not in answer:
+            return [self._result(r) for r in results]
+        columns = _columns(answer)
+        types = [c.type for c in columns]
+        decode = not self.raw and any(decoder_for(t) is not None for t in types)
+        factory = self.row_factory
+        make = None if factory is tuple_row else factory(columns)
+        out = []
+        append = out.append
+        for r in results:
+            rows = r.get("rows") or []
+            if decode:
+                decode_rows(types, rows)
+            rows = list(map(tuple, rows)) if make is None else [make(row) for row in rows]
+            n = r.get("rows_affected")
+            append(Result(columns, rows, r.get("command", ""), _rows_affected(r) if n is None else n))
+        return out
+
     @staticmethod
     def _statement_message(op: str, statement: Statement, params: Params = ()) -> Dict[str, Any]:
         message: Dict[str, Any] = {"op": op}
@@ -237,6 +258,9 @@ class _Base:
         message["params_batch"] = [encode_params(p) for p in params_batch]
         if count_only:
             message["count_only"] = True
+        else:
+            # Columns once for the whole answer instead of once per result.
+            message["compact"] = True
         if atomic:
             message["atomic"] = True
         return message
@@ -504,7 +528,7 @@ class Client(_Base):
         failure leaves the others done; with it, all run in one transaction.
         """
         message = self._pipeline_message(statement, params_batch, atomic, False)
-        return [self._result(r) for r in self._run(message, statement).get("results") or ()]
+        return self._pipeline_results(self._run(message, statement))
 
     def prepared_pipeline(
         self, statement: Statement, params_batch: Iterable[Params], *, atomic: bool = False

@@ -18,7 +18,7 @@ use crate::ipc::request::{Request, Target};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
     convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields,
-    Outcome,
+    write_result_fields, Outcome,
 };
 use crate::upstream::Upstream;
 use crate::values::TextParam;
@@ -92,8 +92,13 @@ pub async fn pipeline(
     }
     let mut columns = Vec::with_capacity(64);
     write_columns(&mut columns, stmt.columns());
+    let compact = req.compact.unwrap_or(false);
+    if compact {
+        reply.key("columns").extend_from_slice(&columns);
+    }
     let out = reply.key("results");
-    out.reserve(results.len() * (columns.len() + 48));
+    let per_result = if compact { 48 } else { columns.len() + 48 };
+    out.reserve(results.len() * per_result);
     out.push(b'[');
     for (i, r) in results.iter().enumerate() {
         if i > 0 {
@@ -101,7 +106,11 @@ pub async fn pipeline(
         }
         out.push(b'{');
         if let Ok(outcome) = r {
-            write_query_fields(out, &columns, &entry, outcome)?;
+            if compact {
+                write_result_fields(out, &entry, outcome)?;
+            } else {
+                write_query_fields(out, &columns, &entry, outcome)?;
+            }
         }
         out.push(b'}');
     }

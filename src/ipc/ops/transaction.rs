@@ -23,6 +23,18 @@ pub struct Tx {
     pub up: Arc<Upstream>,
     conn: Checkout,
     maybe_aborted: bool,
+    /// Set once the transaction ended and the session was reset; until then, dropping the
+    /// `Tx` (a session torn down at the end of the shutdown grace period, a panic) discards the
+    /// connection, so PostgreSQL rolls the transaction back and nobody inherits it.
+    ended: bool,
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.mark_broken();
+        }
+    }
 }
 
 impl Tx {
@@ -67,6 +79,7 @@ pub async fn begin(up: &Arc<Upstream>, req: &Request<'_>, reply: &mut Reply) -> 
         up: up.clone(),
         conn,
         maybe_aborted: false,
+        ended: false,
     })
 }
 
@@ -122,10 +135,13 @@ async fn finish(tx: &mut Tx, sql: &str) -> Result<(), Error> {
             // PostgreSQL ends the transaction when COMMIT fails (serialization failure,
             // deferred constraint); the connection itself is fine once reset.
             tx.conn.reset_session().await?;
+            tx.ended = true;
         } else {
             tx.conn.mark_broken();
         }
         return Err(e);
     }
-    tx.conn.reset_session().await
+    tx.conn.reset_session().await?;
+    tx.ended = true;
+    Ok(())
 }
