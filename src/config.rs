@@ -95,6 +95,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
     /// Whether `connect_pg` may start upstreams that are not configured. Default false.
     pub allow_dynamic_upstreams: bool,
     /// Pool settings for upstreams started by `connect_pg` (name, host, … are ignored).
@@ -245,6 +247,22 @@ impl LimitsConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads running the daemon's tasks. 1 (the default) runs everything on one thread, like
+    /// PgBouncer: no hand-offs between threads on the request path, which is what small
+    /// requests are bound by. 0 = one thread per CPU core, for hosts where the daemon's own
+    /// CPU (encoding large results) is the bottleneck. Reload: no.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { worker_threads: 1 }
     }
 }
 
@@ -647,6 +665,7 @@ fn is_section_var(name: &str) -> bool {
         "CATALOG__",
         "LIMITS__",
         "LOG__",
+        "RUNTIME__",
         "DYNAMIC_DEFAULTS__",
     ];
     match name.strip_prefix("QAIL_") {

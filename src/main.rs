@@ -56,10 +56,17 @@ fn main() -> ExitCode {
 
 fn run(config: Config, path: Option<PathBuf>, env: HashMap<String, String>) -> ExitCode {
     qail_daemon::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match config.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qail-daemon: cannot start the async runtime: {e}");
