@@ -190,6 +190,11 @@ impl StatementCache {
         found
     }
 
+    /// Looks a handle up without counting it or refreshing its recency.
+    pub fn peek_by_handle(&self, handle: &str) -> Option<Arc<Entry>> {
+        self.lock().by_handle.get(handle).cloned()
+    }
+
     fn count(&self, found: Option<&Arc<Entry>>) {
         match found {
             Some(e) => {

@@ -106,12 +106,19 @@ pub fn classify(sql: &str) -> Classified {
         first.as_str(),
         "SET" | "RESET" | "LISTEN" | "DECLARE" | "DISCARD" | "LOAD"
     ) || temp_table
-        || (first == "SELECT" && sql.to_ascii_lowercase().contains("set_config"));
+        || (first == "SELECT" && contains_ignore_ascii_case(sql, "set_config"));
     Classified {
         verb,
         transaction_control,
         leaves_session_state,
     }
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The first `n` keywords of `sql`, upper-cased, skipping whitespace and comments. An opening

@@ -11,7 +11,7 @@
 //! (waiter gauge, wait histogram) here, where the waiting happens.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bb8::{Pool, PooledConnection, RunError};
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{HandleGen, StatementCache};
 use crate::config::UpstreamConfig;
 use crate::error::{Code, Error};
-use crate::pg::conn::{describe_connect_error, PgManager};
+use crate::pg::conn::{describe_connect_error, PgConn, PgManager};
 
 /// A connection checked out of an upstream's pool, owned (not borrowed from the pool).
 pub type Checkout = PooledConnection<'static, PgManager>;
@@ -95,6 +95,45 @@ pub struct Upstream {
     checkout_wait: Option<Histogram>,
     /// Cancelled when the upstream is removed or the daemon stops.
     pub cancel: CancellationToken,
+    /// Connections currently shared by concurrent autocommit requests (see [`Lease`]).
+    lanes: Mutex<Vec<Arc<Lane>>>,
+}
+
+/// Requests that may share one connection at once. tokio-postgres pipelines concurrent
+/// queries on a connection, each with its own Sync, so they stay independent.
+const LANE_DEPTH: usize = 8;
+
+/// A pooled connection shared by concurrent autocommit requests.
+struct Lane {
+    conn: Checkout,
+    /// Requests using the lane; only changed with the upstream's `lanes` lock held.
+    users: AtomicU64,
+}
+
+/// One request's share of a pooled connection. Autocommit statements that leave no session
+/// state behind and need no cancellation (no time limit) run on a lease: an idle pooled
+/// connection when there is one, otherwise a connection already in use by up to
+/// [`LANE_DEPTH`] other such requests, so they queue inside PostgreSQL's pipeline instead of
+/// in the pool. The connection returns to the pool when its last lease ends.
+pub struct Lease {
+    lane: Arc<Lane>,
+    up: Arc<Upstream>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        &self.lane.conn
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut lanes = self.up.lanes();
+        if self.lane.users.fetch_sub(1, Ordering::Relaxed) == 1 {
+            lanes.retain(|l| !Arc::ptr_eq(l, &self.lane));
+        }
+    }
 }
 
 /// Counts one waiting `checkout()` for as long as it lives (also when the wait is cancelled).
@@ -165,6 +204,7 @@ impl Upstream {
             checkout_wait,
             cancel,
             config,
+            lanes: Mutex::new(Vec::new()),
         })
     }
 
@@ -198,8 +238,14 @@ impl Upstream {
         while extra.len() < n {
             // A zero timeout still polls the checkout once: an idle connection is returned
             // synchronously by that poll, otherwise nothing is free.
+            let started = Instant::now();
             match tokio::time::timeout(Duration::ZERO, self.pool.get_owned()).await {
-                Ok(Ok(conn)) => extra.push(conn),
+                Ok(Ok(conn)) => {
+                    if let Some(h) = &self.checkout_wait {
+                        h.observe(started.elapsed().as_secs_f64());
+                    }
+                    extra.push(conn)
+                }
                 _ => break,
             }
         }
@@ -235,8 +281,49 @@ impl Upstream {
         self.cancel.cancel();
     }
 
-    /// Borrows a pooled connection for one request or one transaction.
-    pub async fn checkout(&self) -> Result<Checkout, Error> {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Lane>>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A share of a pooled connection for one autocommit request (see [`Lease`]).
+    pub async fn lease(self: &Arc<Self>) -> Result<Lease, Error> {
+        self.admit()?;
+        if let Some(conn) = self.checkout_idle(1).await.pop() {
+            return Ok(self.open_lane(conn));
+        }
+        {
+            let lanes = self.lanes();
+            let best = lanes
+                .iter()
+                .filter(|l| !l.conn.is_broken())
+                .min_by_key(|l| l.users.load(Ordering::Relaxed));
+            if let Some(lane) = best.filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64)
+            {
+                lane.users.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lease {
+                    lane: lane.clone(),
+                    up: self.clone(),
+                });
+            }
+        }
+        let conn = self.checkout().await?;
+        Ok(self.open_lane(conn))
+    }
+
+    fn open_lane(self: &Arc<Self>, conn: Checkout) -> Lease {
+        let lane = Arc::new(Lane {
+            conn,
+            users: AtomicU64::new(1),
+        });
+        self.lanes().push(lane.clone());
+        Lease {
+            lane,
+            up: self.clone(),
+        }
+    }
+
+    /// Refuses new work on a paused or removed upstream.
+    fn admit(&self) -> Result<(), Error> {
         if self.is_paused() {
             return Err(Error::new(
                 Code::UpstreamUnavailable,
@@ -255,6 +342,12 @@ impl Upstream {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Borrows a pooled connection for one request or one transaction.
+    pub async fn checkout(&self) -> Result<Checkout, Error> {
+        self.admit()?;
         if self.health() == Health::Down {
             if let Some(reason) = self.manager.recent_error(Duration::from_secs(30)) {
                 return Err(self.unavailable(&reason));

@@ -6,7 +6,8 @@
 //! evicted are closed when the map grows past the catalogue's capacity.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
@@ -24,15 +25,17 @@ const RESET_SESSION: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET
 pub struct PgConn {
     pub client: Client,
     cancel: CancelToken,
-    statements: HashMap<u64, (Arc<Entry>, Statement)>,
+    /// Held only for map operations, never across an await: concurrent requests sharing this
+    /// connection (see `upstream::Lease`) prepare and look up statements through it.
+    statements: Mutex<HashMap<u64, (Arc<Entry>, Statement)>>,
     statement_limit: usize,
-    broken: bool,
+    broken: AtomicBool,
 }
 
 impl PgConn {
     /// The prepared statement for `entry` on this connection, preparing it on first use.
-    pub async fn statement(&mut self, entry: &Arc<Entry>) -> Result<Statement, Error> {
-        if let Some((_, stmt)) = self.statements.get(&entry.id) {
+    pub async fn statement(&self, entry: &Arc<Entry>) -> Result<Statement, Error> {
+        if let Some((_, stmt)) = self.statements().get(&entry.id) {
             return Ok(stmt.clone());
         }
         let stmt = self.client.prepare(&entry.sql).await?;
@@ -41,17 +44,23 @@ impl PgConn {
     }
 
     /// Records a statement prepared on this connection for `entry`.
-    pub fn adopt(&mut self, entry: &Arc<Entry>, stmt: Statement) {
-        if self.statements.len() >= self.statement_limit {
-            // Dropping a tokio-postgres Statement closes it on the server.
-            self.statements.retain(|_, (e, _)| !e.is_evicted());
+    pub fn adopt(&self, entry: &Arc<Entry>, stmt: Statement) {
+        let mut statements = self.statements();
+        if statements.len() >= self.statement_limit {
+            // Dropping a tokio-postgres Statement closes it on the server (once no request
+            // still holds a clone of it).
+            statements.retain(|_, (e, _)| !e.is_evicted());
         }
-        self.statements.insert(entry.id, (entry.clone(), stmt));
+        statements.insert(entry.id, (entry.clone(), stmt));
     }
 
     /// Drops this connection's copy of a statement (it went stale).
-    pub fn forget(&mut self, entry_id: u64) {
-        self.statements.remove(&entry_id);
+    pub fn forget(&self, entry_id: u64) {
+        self.statements().remove(&entry_id);
+    }
+
+    fn statements(&self) -> MutexGuard<'_, HashMap<u64, (Arc<Entry>, Statement)>> {
+        self.statements.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn cancel_token(&self) -> CancelToken {
@@ -59,19 +68,19 @@ impl PgConn {
     }
 
     /// Marks the connection unusable: the pool discards it instead of reusing it.
-    pub fn mark_broken(&mut self) {
-        self.broken = true;
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 
     pub fn is_broken(&self) -> bool {
-        self.broken || self.client.is_closed()
+        self.broken.load(Ordering::Relaxed) || self.client.is_closed()
     }
 
     /// Resets session state before the connection serves another client.
-    pub async fn reset_session(&mut self) -> Result<(), Error> {
+    pub async fn reset_session(&self) -> Result<(), Error> {
         let result = self.client.batch_execute(RESET_SESSION).await;
         if result.is_err() {
-            self.broken = true;
+            self.mark_broken();
         }
         result.map_err(Error::from)
     }
@@ -143,9 +152,9 @@ impl PgManager {
                 Ok(PgConn {
                     cancel: client.cancel_token(),
                     client,
-                    statements: HashMap::new(),
+                    statements: Mutex::new(HashMap::new()),
                     statement_limit: self.statement_limit,
-                    broken: false,
+                    broken: AtomicBool::new(false),
                 })
             }
             Err(e) => {

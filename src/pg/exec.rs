@@ -59,7 +59,7 @@ fn refuse_transaction_control(sql: &str) -> Result<(), Error> {
 /// The catalogue entry and this connection's prepared statement for `target`.
 pub async fn prepare_on(
     up: &Upstream,
-    conn: &mut PgConn,
+    conn: &PgConn,
     target: Target<'_>,
 ) -> Result<(Arc<Entry>, Statement), Error> {
     match (lookup(up, target)?, target) {
@@ -140,7 +140,7 @@ async fn run_raw(
 /// the transaction, so the error is returned (the next use re-prepares).
 pub async fn run_one(
     up: &Upstream,
-    conn: &mut PgConn,
+    conn: &PgConn,
     target: Target<'_>,
     params: &[&RawValue],
     keep_rows: bool,
@@ -174,7 +174,7 @@ pub async fn run_one(
     }
 }
 
-fn after_failure(conn: &mut PgConn, e: tokio_postgres::Error) -> Error {
+fn after_failure(conn: &PgConn, e: tokio_postgres::Error) -> Error {
     let e = Error::from(e);
     if e.is_disconnect() {
         conn.mark_broken();

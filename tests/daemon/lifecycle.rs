@@ -150,3 +150,45 @@ async fn shutdown_lets_an_open_transaction_finish() {
         "the transaction finished during shutdown is committed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_a_small_pool_with_correct_answers() {
+    let db = TestDb::new().await;
+    let daemon = db
+        .daemon_with(|cfg| {
+            cfg.upstreams[0].pool_max = 2;
+            cfg.upstreams[0].pool_min_idle = 0;
+        })
+        .await;
+    let mut tasks = Vec::new();
+    for client in 0..24i64 {
+        let socket = daemon.socket_path().to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(&socket).await;
+            c.connect_main().await;
+            let mut pids = HashSet::new();
+            for i in 0..40i64 {
+                let n = client * 1000 + i;
+                let r = c
+                    .call_ok(json!({"op": "query", "sql": "SELECT $1::int8 * 2, pg_backend_pid()", "params": [n]}))
+                    .await;
+                assert_eq!(r["rows"][0][0], json!(n * 2), "client {client} query {i}");
+                pids.insert(r["rows"][0][1].as_i64().expect("pid"));
+            }
+            pids
+        }));
+    }
+    let mut backends = HashSet::new();
+    for t in tasks {
+        let pids = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("clients finish")
+            .expect("client task");
+        backends.extend(pids);
+    }
+    assert!(
+        backends.len() <= 2,
+        "24 clients on pool_max 2 used {} backends",
+        backends.len()
+    );
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::error::{Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, OPS};
+use crate::pg::conn::PgConn;
 use crate::pg::exec::{bounded, timeout_error, Bounded};
 use crate::upstream::Upstream;
 
@@ -99,8 +100,27 @@ impl Op {
     }
 }
 
+/// Whether an autocommit request may run on a connection shared with other requests (an
+/// [`crate::upstream::Lease`]): single statements that leave no session state behind. Time
+/// limits need an exclusive connection (a cancel request hits whatever the connection runs),
+/// and pipelines and batches spread or pipeline on connections of their own.
+fn may_share(op: Op, up: &Upstream, req: &Request<'_>) -> bool {
+    if !matches!(op, Op::Query | Op::Execute | Op::Prepare) {
+        return false;
+    }
+    match (&req.sql, &req.handle) {
+        (Some(sql), None) => !crate::sql::classify(sql).leaves_session_state,
+        (None, Some(handle)) => up
+            .catalog
+            .peek_by_handle(handle)
+            .is_some_and(|e| !e.class.leaves_session_state),
+        _ => false,
+    }
+}
+
 /// Runs a SQL op: on the pinned transaction connection when there is one, else on a connection
-/// borrowed from the pool for this request only. `limit` bounds the work on PostgreSQL.
+/// borrowed from the pool for this request only (shared with other requests when
+/// [`may_share`] allows). `limit` bounds the work on PostgreSQL.
 pub async fn run_sql(
     op: Op,
     up: &Arc<Upstream>,
@@ -113,7 +133,8 @@ pub async fn run_sql(
         return Ok(());
     }
     let mut borrowed = None;
-    let (conn, failed) = match tx {
+    let mut leased = None;
+    let (conn, failed): (&PgConn, _) = match tx {
         Some(tx) => {
             if !Arc::ptr_eq(&tx.up, up) {
                 return Err(Error::new(Code::Internal, "transaction upstream mismatch"));
@@ -121,7 +142,10 @@ pub async fn run_sql(
             let (conn, failed) = tx.parts();
             (conn, Some(failed))
         }
-        None => (&mut **borrowed.insert(up.checkout().await?), None),
+        None if limit.is_none() && may_share(op, up, req) => {
+            (&**leased.insert(up.lease().await?), None)
+        }
+        None => (&**borrowed.insert(up.checkout().await?), None),
     };
     let in_tx = failed.is_some();
     let cancel = conn.cancel_token();

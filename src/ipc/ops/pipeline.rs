@@ -34,7 +34,7 @@ const MIN_PER_CONNECTION: usize = 256;
 /// `pipeline`.
 pub async fn pipeline(
     up: &Upstream,
-    conn: &mut PgConn,
+    conn: &PgConn,
     in_transaction: bool,
     req: &Request<'_>,
     reply: &mut Reply,
@@ -59,25 +59,25 @@ pub async fn pipeline(
         let wanted = (texts.len() / MIN_PER_CONNECTION).min(up.config.pool_max as usize);
         extra = up.checkout_idle(wanted.saturating_sub(1)).await;
     }
-    let mut conns: Vec<&mut PgConn> = Vec::with_capacity(1 + extra.len());
+    let mut conns: Vec<&PgConn> = Vec::with_capacity(1 + extra.len());
     conns.push(conn);
-    conns.extend(extra.iter_mut().map(|c| &mut **c));
+    conns.extend(extra.iter().map(|c| &**c));
 
     open_atomic(conns[0], atomic, in_transaction).await?;
-    let mut results = run_spread(&entry, &mut conns, &texts, !count_only).await;
+    let mut results = run_spread(&entry, &conns, &texts, !count_only).await;
     let all_stale = !results.is_empty()
         && results
             .iter()
             .all(|r| r.as_ref().err().is_some_and(Error::is_stale_statement));
     if all_stale && !in_transaction && !atomic {
         // A schema change invalidated the statement everywhere: prepare again, retry once.
-        for c in conns.iter_mut() {
+        for c in &conns {
             c.forget(entry.id);
         }
         let fresh = conns[0].statement(&entry).await?;
         entry.set_shape(crate::catalog::Shape::of(&fresh));
         texts = convert_all(&fresh, batch)?;
-        results = run_spread(&entry, &mut conns, &texts, !count_only).await;
+        results = run_spread(&entry, &conns, &texts, !count_only).await;
     }
     let failure = first_failure(&mut results);
     close_atomic(conns[0], atomic, in_transaction, failure.is_none()).await?;
@@ -121,7 +121,7 @@ pub async fn pipeline(
 /// `batch`.
 pub async fn batch(
     up: &Upstream,
-    conn: &mut PgConn,
+    conn: &PgConn,
     in_transaction: bool,
     req: &Request<'_>,
     reply: &mut Reply,
@@ -225,13 +225,13 @@ fn first_failure(results: &mut [Result<Outcome, Error>]) -> Option<Error> {
 /// prepare the statement answers its whole chunk with that failure (the other chunks ran).
 async fn run_spread(
     entry: &Arc<Entry>,
-    conns: &mut [&mut PgConn],
+    conns: &[&PgConn],
     texts: &[Vec<TextParam>],
     keep_rows: bool,
 ) -> Vec<Result<Outcome, Error>> {
     let per = texts.len().div_ceil(conns.len().max(1)).max(1);
     let chunks = conns
-        .iter_mut()
+        .iter()
         .zip(texts.chunks(per))
         .map(|(c, part)| async move {
             let results = match c.statement(entry).await {
@@ -264,7 +264,7 @@ async fn run_spread(
     all
 }
 
-async fn open_atomic(conn: &mut PgConn, atomic: bool, in_transaction: bool) -> Result<(), Error> {
+async fn open_atomic(conn: &PgConn, atomic: bool, in_transaction: bool) -> Result<(), Error> {
     match (atomic, in_transaction) {
         (false, _) => Ok(()),
         (true, false) => Ok(conn.client.batch_execute("BEGIN").await?),
@@ -276,7 +276,7 @@ async fn open_atomic(conn: &mut PgConn, atomic: bool, in_transaction: bool) -> R
 }
 
 async fn close_atomic(
-    conn: &mut PgConn,
+    conn: &PgConn,
     atomic: bool,
     in_transaction: bool,
     success: bool,

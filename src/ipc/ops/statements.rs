@@ -32,7 +32,7 @@ pub fn prepare_cached(up: &Upstream, req: &Request<'_>, reply: &mut Reply) -> Re
 /// `prepare` on a connection: prepares the statement and adds it to the shared catalogue.
 pub async fn prepare(
     up: &Upstream,
-    conn: &mut PgConn,
+    conn: &PgConn,
     req: &Request<'_>,
     reply: &mut Reply,
 ) -> Result<(), Error> {
@@ -51,7 +51,7 @@ fn write_prepared(entry: &Entry, reply: &mut Reply) {
 /// `query` (rows returned) and `execute` (only the count).
 pub async fn query(
     up: &Upstream,
-    conn: &mut PgConn,
+    conn: &PgConn,
     in_transaction: bool,
     req: &Request<'_>,
     reply: &mut Reply,

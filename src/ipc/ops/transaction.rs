@@ -39,7 +39,7 @@ impl Drop for Tx {
 
 impl Tx {
     /// The connection, and the flag ops set when PostgreSQL reported an error.
-    pub fn parts(&mut self) -> (&mut PgConn, &mut bool) {
+    pub fn parts(&mut self) -> (&PgConn, &mut bool) {
         (&mut self.conn, &mut self.maybe_aborted)
     }
 }
@@ -66,7 +66,7 @@ pub async fn begin(up: &Arc<Upstream>, req: &Request<'_>, reply: &mut Reply) -> 
         Some(false) => sql.push_str(" READ WRITE"),
         None => {}
     }
-    let mut conn = up.checkout().await?;
+    let conn = up.checkout().await?;
     if let Err(e) = conn.client.batch_execute(&sql).await {
         let e = Error::from(e);
         if e.is_disconnect() {
