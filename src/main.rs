@@ -56,6 +56,7 @@ fn main() -> ExitCode {
 
 fn run(config: Config, path: Option<PathBuf>, env: HashMap<String, String>) -> ExitCode {
     qail_daemon::telemetry::init(&config.log);
+    raise_open_file_limit();
     let mut builder = match config.runtime.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
@@ -109,6 +110,20 @@ async fn reload_on_sighup(reloader: Reloader) {
         if let Err(e) = reloader.reload().await {
             tracing::error!(error = %e, "reload failed; the running configuration is unchanged");
         }
+    }
+}
+
+/// Every client is a file descriptor: raise the soft limit to the hard one (often 1024 → much
+/// more), so thousands of clients do not need `ulimit -n` in front of the daemon.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
 }
 
