@@ -7,11 +7,13 @@ the JSON when it is installed, the standard :mod:`json` module otherwise.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import struct
-from typing import Any, Callable, Mapping, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 __all__ = [
     "PROTOCOL",
@@ -24,6 +26,8 @@ __all__ = [
     "resolve_socket_path",
     "recv_exact",
     "read_frame",
+    "decode_body",
+    "gc_paused",
 ]
 
 #: The protocol version this package speaks.
@@ -117,7 +121,35 @@ def recv_exact(sock: socket.socket, n: int) -> bytearray:
     return buf
 
 
+#: Frames at least this large are decoded with the cyclic garbage collector paused.
+LARGE_FRAME = 256 * 1024
+
+
+@contextmanager
+def gc_paused(pause: bool = True) -> Iterator[None]:
+    """Pauses the cyclic garbage collector for a burst of allocations.
+
+    Decoding a large answer makes hundreds of thousands of lists and tuples; every few hundred
+    of them would trigger a collection that walks all the others, which can double the time of
+    a 10,000-result pipeline. None of these objects form cycles, so nothing is lost by waiting.
+    """
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def decode_body(body: bytes) -> Any:
+    """Decodes one frame body (JSON), pausing the garbage collector for large ones."""
+    with gc_paused(len(body) >= LARGE_FRAME):
+        return loads(body)
+
+
 def read_frame(sock: socket.socket) -> Any:
     """Reads one frame from a blocking socket and returns the decoded JSON object."""
     (length,) = _unpack_header(recv_exact(sock, 4))
-    return loads(recv_exact(sock, length))
+    return decode_body(recv_exact(sock, length))

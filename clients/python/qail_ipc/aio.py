@@ -22,7 +22,7 @@ import contextvars
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Deque, Dict, Iterable, List, Optional, Tuple, Union
 
-from ._protocol import HEADER, encode_frame, loads
+from ._protocol import HEADER, decode_body, encode_frame
 from .client import (
     CLIENT_NAME,
     Handle,
@@ -97,7 +97,7 @@ class AsyncClient(_Base):
         try:
             while True:
                 (length,) = HEADER.unpack(await reader.readexactly(4))
-                response = loads(await reader.readexactly(length))
+                response = decode_body(await reader.readexactly(length))
                 if not pending:
                     error = InterfaceError("unsolicited answer from the daemon: %r" % response)
                     break

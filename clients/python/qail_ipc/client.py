@@ -32,7 +32,7 @@ from typing import (
     Union,
 )
 
-from ._protocol import PROTOCOL, encode_frame, read_frame, resolve_socket_path
+from ._protocol import PROTOCOL, encode_frame, gc_paused, read_frame, resolve_socket_path
 from ._values import decode_rows, decoder_for, encode_params
 from .errors import Error, InterfaceError, OperationalError, from_wire
 from .rows import Column, RowFactory, tuple_row
@@ -230,8 +230,16 @@ class _Base:
         decode = not self.raw and any(decoder_for(t) is not None for t in types)
         factory = self.row_factory
         make = None if factory is tuple_row else factory(columns)
-        out = []
+        out: List[Result] = []
         append = out.append
+        with gc_paused(len(results) >= 1000):
+            self._fill_results(results, columns, types, decode, make, append)
+        return out
+
+    @staticmethod
+    def _fill_results(
+        results: Any, columns: List[Column], types: List[str], decode: bool, make: Any, append: Any
+    ) -> None:
         for r in results:
             rows = r.get("rows") or []
             if decode:
@@ -239,7 +247,6 @@ class _Base:
             rows = list(map(tuple, rows)) if make is None else [make(row) for row in rows]
             n = r.get("rows_affected")
             append(Result(columns, rows, r.get("command", ""), _rows_affected(r) if n is None else n))
-        return out
 
     @staticmethod
     def _statement_message(op: str, statement: Statement, params: Params = ()) -> Dict[str, Any]:

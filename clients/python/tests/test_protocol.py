@@ -144,3 +144,34 @@ def test_stdlib_json_fallback():
 
 def test_big_integers_are_encoded():
     assert _protocol.loads(encode_frame({"n": 2**80})[4:]) == {"n": 2**80}
+
+
+def test_large_frames_decode_with_the_collector_paused_and_restored():
+    import gc
+
+    body = ("[" + ",".join("[%d,\"n%d\"]" % (i, i) for i in range(40000)) + "]").encode()
+    assert len(body) >= _protocol.LARGE_FRAME
+    seen = []
+    real_loads = _protocol.loads
+
+    def spying_loads(b):
+        seen.append(gc.isenabled())
+        return real_loads(b)
+
+    _protocol.loads = spying_loads
+    try:
+        assert gc.isenabled()
+        rows = _protocol.decode_body(body)
+        assert rows[39999] == [39999, "n39999"]
+        assert seen == [False], "the collector is paused while a large frame is decoded"
+        assert gc.isenabled(), "and enabled again afterwards"
+        _protocol.decode_body(b"[1]")
+        assert seen[-1] is True, "small frames leave the collector alone"
+        gc.disable()
+        try:
+            _protocol.decode_body(body)
+            assert not gc.isenabled(), "a collector the caller disabled stays disabled"
+        finally:
+            gc.enable()
+    finally:
+        _protocol.loads = real_loads
