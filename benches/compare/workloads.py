@@ -281,6 +281,22 @@ def daemon_pipeline(spec: Spec) -> Measurement:
     return m
 
 
+def daemon_pipeline_atomic(spec: Spec) -> Measurement:
+    """`pipeline` with `atomic`: one transaction per batch, like asyncpg's batch modes."""
+    if spec.client == "raw":
+        raise RuntimeError("the raw fallback client has no atomic pipeline")
+    client, handle, info = daemon_client(spec)
+    params = batch(spec.batch_rows)
+
+    def step(_: int) -> tuple[int, int]:
+        results = client.pipeline(handle, params, atomic=True)
+        return len(results), sum(len(r.rows) for r in results)
+
+    m = run_loop(step, spec)
+    m.info = {**info, "batch": spec.batch_rows, "atomic": True}
+    return m
+
+
 def daemon_count(spec: Spec) -> Measurement:
     client, handle, info = daemon_client(spec)
     params = batch(spec.batch_count)
@@ -566,6 +582,7 @@ def multi_direct(spec: Spec) -> Measurement:
 MODES: dict[str, Callable[[Spec], Measurement]] = {
     "daemon.seq": daemon_seq,
     "daemon.pipeline": daemon_pipeline,
+    "daemon.pipeline.atomic": daemon_pipeline_atomic,
     "daemon.count": daemon_count,
     "daemon.asyncio": daemon_asyncio,
     "asyncpg.seq": asyncpg_seq,
