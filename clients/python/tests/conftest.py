@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -108,8 +109,22 @@ class Cluster:
                 capture_output=True, text=True, timeout=120,
             )
             if result.returncode == 0:
+                self._watchdog()
                 return
         pytest.fail("PostgreSQL did not start:\n%s" % (self.root / "postgres.log").read_text())
+
+    def _watchdog(self) -> None:
+        """Stops the cluster if pytest dies without its teardown (killed, timed out)."""
+        stop = " ".join(
+            shlex.quote(a)
+            for a in self._server_cmd(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m",
+                                      "immediate", "stop")
+        )
+        script = "while kill -0 %d 2>/dev/null; do sleep 1; done; %s >/dev/null 2>&1; rm -rf %s" % (
+            os.getpid(), stop, shlex.quote(str(self.root)))
+        subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
 
     def stop(self) -> None:
         subprocess.run(
