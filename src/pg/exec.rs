@@ -38,10 +38,11 @@ pub fn lookup(up: &Upstream, target: Target<'_>) -> Result<Option<Arc<Entry>>, E
                 ),
             )
         }),
-        Target::Sql(sql) => {
-            refuse_transaction_control(sql)?;
-            Ok(up.catalog.get_by_sql(sql))
-        }
+        Target::Sql(sql) => match up.catalog.get_by_sql(sql) {
+            // Catalogued statements were checked when they were prepared.
+            Some(entry) => Ok(Some(entry)),
+            None => refuse_transaction_control(sql).map(|()| None),
+        },
     }
 }
 
@@ -189,36 +190,29 @@ pub async fn run_pipelined(
     params: &[Vec<TextParam>],
     keep_rows: bool,
 ) -> Vec<Result<Outcome, Error>> {
-    let mut pending: FuturesOrdered<_> = params
-        .iter()
-        .map(|p| async move {
-            run_raw(client, stmt, p, keep_rows)
-                .await
-                .map_err(Error::from)
-        })
-        .collect();
-    let mut results = Vec::with_capacity(params.len());
-    while let Some(r) = pending.next().await {
-        results.push(r);
-    }
-    results
+    run_statements(
+        client,
+        params.iter().map(|p| (stmt, p.as_slice())),
+        keep_rows,
+    )
+    .await
 }
 
-/// Runs different statements, pipelined on this connection, answers in order.
-pub async fn run_statements(
+/// Runs statements with their parameters, all issued before the first answer is awaited
+/// (pipelined on this connection); answers in order.
+pub async fn run_statements<'a>(
     client: &Client,
-    work: &[(Statement, Vec<TextParam>)],
+    work: impl ExactSizeIterator<Item = (&'a Statement, &'a [TextParam])>,
     keep_rows: bool,
 ) -> Vec<Result<Outcome, Error>> {
+    let mut results = Vec::with_capacity(work.len());
     let mut pending: FuturesOrdered<_> = work
-        .iter()
         .map(|(stmt, p)| async move {
             run_raw(client, stmt, p, keep_rows)
                 .await
                 .map_err(Error::from)
         })
         .collect();
-    let mut results = Vec::with_capacity(work.len());
     while let Some(r) = pending.next().await {
         results.push(r);
     }
@@ -270,15 +264,27 @@ pub fn timeout_error(limit: Duration) -> Error {
 
 /// `[{"name":..,"type":..},...]` for result columns.
 pub fn write_columns(out: &mut Vec<u8>, columns: &[Column]) {
+    write_named_types(out, columns.iter().map(|c| (c.name(), c.type_())));
+}
+
+/// `[{"name":..,"type":..}]` from a catalogue shape.
+pub fn write_shape_columns(out: &mut Vec<u8>, columns: &[(String, tokio_postgres::types::Type)]) {
+    write_named_types(out, columns.iter().map(|(name, ty)| (name.as_str(), ty)));
+}
+
+fn write_named_types<'a>(
+    out: &mut Vec<u8>,
+    columns: impl Iterator<Item = (&'a str, &'a tokio_postgres::types::Type)>,
+) {
     out.push(b'[');
-    for (i, c) in columns.iter().enumerate() {
+    for (i, (name, ty)) in columns.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"name\":");
-        write_json_str(out, c.name());
+        write_json_str(out, name);
         out.extend_from_slice(b",\"type\":");
-        write_json_str(out, type_name(c.type_()));
+        write_json_str(out, type_name(ty));
         out.push(b'}');
     }
     out.push(b']');
@@ -357,22 +363,6 @@ pub fn write_type_names(out: &mut Vec<u8>, types: &[tokio_postgres::types::Type]
             out.push(b',');
         }
         write_json_str(out, type_name(t));
-    }
-    out.push(b']');
-}
-
-/// `[{"name":..,"type":..}]` from a catalogue shape.
-pub fn write_shape_columns(out: &mut Vec<u8>, columns: &[(String, tokio_postgres::types::Type)]) {
-    out.push(b'[');
-    for (i, (name, ty)) in columns.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"name\":");
-        write_json_str(out, name);
-        out.extend_from_slice(b",\"type\":");
-        write_json_str(out, type_name(ty));
-        out.push(b'}');
     }
     out.push(b']');
 }

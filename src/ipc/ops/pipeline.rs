@@ -153,7 +153,12 @@ pub async fn batch(
     }
 
     open_atomic(conn, atomic, in_transaction).await?;
-    let mut results = run_statements(&conn.client, &work, true).await;
+    let mut results = run_statements(
+        &conn.client,
+        work.iter().map(|(stmt, p)| (stmt, p.as_slice())),
+        true,
+    )
+    .await;
     if results
         .iter()
         .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
