@@ -23,7 +23,6 @@ use crate::catalog::{HandleGen, StatementCache};
 use crate::config::{Config, PoolDefaults, Secret, UpstreamConfig};
 use crate::error::{Code, Error};
 use crate::metrics::Metrics;
-use crate::pg::conn::describe_connect_error;
 use crate::upstream::{Lifecycle, Upstream};
 
 /// What a reload did to the configured upstreams (names, sorted).
@@ -292,7 +291,7 @@ impl Supervisor {
             None,
         );
         if let Err(e) = candidate.probe().await {
-            let reason = describe_connect_error(&e);
+            let reason = e.describe();
             return Err(match e.as_db_error() {
                 Some(_) => Error::new(
                     Code::AuthFailed,

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{HandleGen, StatementCache};
 use crate::config::UpstreamConfig;
 use crate::error::{Code, Error};
-use crate::pg::conn::{describe_connect_error, PgConn, PgManager};
+use crate::pg::conn::{describe_connect_error, ConnectError, PgConn, PgManager};
 
 /// A connection checked out of an upstream's pool, owned (not borrowed from the pool).
 pub type Checkout = PooledConnection<'static, PgManager>;
@@ -363,7 +363,7 @@ impl Upstream {
         }
         match got {
             Ok(conn) => Ok(conn),
-            Err(RunError::User(e)) => Err(self.unavailable(&describe_connect_error(&e))),
+            Err(RunError::User(e)) => Err(self.unavailable(&e.describe())),
             Err(RunError::TimedOut) => {
                 let window = self.config.checkout_timeout() + self.config.connect_timeout();
                 match self.manager.recent_error(window) {
@@ -388,7 +388,7 @@ impl Upstream {
     }
 
     /// Opens a connection outside the pool (credential checks for `connect_pg`).
-    pub async fn probe(&self) -> Result<(), tokio_postgres::Error> {
+    pub async fn probe(&self) -> Result<(), ConnectError> {
         self.manager.open().await.map(drop)
     }
 
@@ -415,7 +415,7 @@ impl Upstream {
         let limit = self.config.connect_timeout() + Duration::from_millis(500);
         let attempt = async {
             let conn = self.pool.get().await.map_err(|e| match e {
-                RunError::User(e) => describe_connect_error(&e),
+                RunError::User(e) => e.describe(),
                 RunError::TimedOut => self
                     .manager
                     .recent_error(limit * 2)

@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio_postgres::error::DbError;
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 
 use crate::catalog::Entry;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
+use crate::pg::socket::{Endpoint, SocketHandle};
 
 /// SQL that puts a connection's session back the way a fresh one is, except for the daemon's
 /// own prepared statements (what `DISCARD ALL` does minus `DEALLOCATE ALL` and `DISCARD PLANS`).
@@ -24,12 +26,61 @@ const RESET_SESSION: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET
 /// A pooled PostgreSQL connection.
 pub struct PgConn {
     pub client: Client,
+    /// The socket under `client`, lent to `pg::burst` for grouped pipelines.
+    pub socket: SocketHandle,
     cancel: CancelToken,
+    endpoint: Endpoint,
+    connect_timeout: Duration,
     /// Held only for map operations, never across an await: concurrent requests sharing this
     /// connection (see `upstream::Lease`) prepare and look up statements through it.
     statements: Mutex<HashMap<u64, (Arc<Entry>, Statement)>>,
     statement_limit: usize,
     broken: AtomicBool,
+    /// Statements `pg::burst` prepared itself (tokio-postgres does not expose its names).
+    pub burst: Mutex<BurstStatements>,
+}
+
+/// The statements grouped pipelines prepared on one connection, by catalogue entry id.
+#[derive(Default)]
+pub struct BurstStatements {
+    prepared: HashMap<u64, (Arc<Entry>, String)>,
+    /// Server-side statements to close at the start of the next burst.
+    pub to_close: Vec<String>,
+    made: u64,
+}
+
+impl BurstStatements {
+    /// The statement name for `entry`, and whether it still has to be prepared.
+    pub fn name_for(&mut self, entry: &Entry) -> (String, bool) {
+        if let Some((_, name)) = self.prepared.get(&entry.id) {
+            return (name.clone(), false);
+        }
+        self.made += 1;
+        (format!("qail_b{}", self.made), true)
+    }
+
+    /// Records a statement the server has prepared and described as expected.
+    pub fn adopt(&mut self, entry: &Arc<Entry>, name: String, limit: usize) {
+        if self.prepared.len() >= limit {
+            let evicted: Vec<u64> = self
+                .prepared
+                .iter()
+                .filter(|(_, (e, _))| e.is_evicted())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in evicted {
+                self.forget(id);
+            }
+        }
+        self.prepared.insert(entry.id, (entry.clone(), name));
+    }
+
+    /// Drops a statement (stale or evicted); the server's copy is closed by the next burst.
+    pub fn forget(&mut self, entry_id: u64) {
+        if let Some((_, name)) = self.prepared.remove(&entry_id) {
+            self.to_close.push(name);
+        }
+    }
 }
 
 impl PgConn {
@@ -63,8 +114,22 @@ impl PgConn {
         self.statements.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn cancel_token(&self) -> CancelToken {
-        self.cancel.clone()
+    pub fn burst_statements(&self) -> MutexGuard<'_, BurstStatements> {
+        self.burst.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn statement_limit(&self) -> usize {
+        self.statement_limit
+    }
+
+    /// Asks PostgreSQL (over a new socket) to cancel whatever this connection is running.
+    pub async fn cancel_query(&self) -> Result<(), ConnectError> {
+        let sock = self
+            .endpoint
+            .connect(self.connect_timeout)
+            .await
+            .map_err(ConnectError::Socket)?;
+        Ok(self.cancel.cancel_query_raw(sock, NoTls).await?)
     }
 
     /// Marks the connection unusable: the pool discards it instead of reusing it.
@@ -90,6 +155,8 @@ impl PgConn {
 #[derive(Clone)]
 pub struct PgManager {
     config: tokio_postgres::Config,
+    endpoint: Endpoint,
+    connect_timeout: Duration,
     statement_limit: usize,
     last_error: Arc<Mutex<Option<(Instant, String)>>>,
 }
@@ -97,13 +164,7 @@ pub struct PgManager {
 impl PgManager {
     pub fn new(up: &UpstreamConfig, statement_limit: usize) -> Self {
         let mut config = tokio_postgres::Config::new();
-        if up.is_socket_dir() {
-            config.host_path(&up.host);
-        } else {
-            config.host(&up.host);
-        }
         config
-            .port(up.port)
             .user(&up.user)
             .dbname(&up.database)
             .application_name(&up.application_name)
@@ -113,6 +174,8 @@ impl PgManager {
         }
         PgManager {
             config,
+            endpoint: Endpoint::new(&up.host, up.port, up.is_socket_dir()),
+            connect_timeout: up.connect_timeout(),
             statement_limit: statement_limit.max(16),
             last_error: Arc::new(Mutex::new(None)),
         }
@@ -127,9 +190,9 @@ impl PgManager {
             .map(|(_, msg)| msg.clone())
     }
 
-    fn record_error(&self, e: &tokio_postgres::Error) {
+    fn record_error(&self, e: &ConnectError) {
         let mut guard = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        *guard = Some((Instant::now(), describe_connect_error(e)));
+        *guard = Some((Instant::now(), e.describe()));
     }
 
     fn clear_error(&self) {
@@ -137,30 +200,85 @@ impl PgManager {
         *guard = None;
     }
 
-    /// Opens one connection (also used to check `connect_pg` credentials).
-    pub async fn open(&self) -> Result<PgConn, tokio_postgres::Error> {
-        match self.config.connect(NoTls).await {
-            Ok((client, connection)) => {
-                self.clear_error();
-                // The connection future drives the socket; it ends when the client is dropped
-                // or the server goes away, so it needs no other owner.
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "postgres connection ended");
-                    }
-                });
-                Ok(PgConn {
-                    cancel: client.cancel_token(),
-                    client,
-                    statements: Mutex::new(HashMap::new()),
-                    statement_limit: self.statement_limit,
-                    broken: AtomicBool::new(false),
-                })
+    /// Opens one connection (also used to check `connect_pg` credentials). The daemon opens
+    /// the socket itself so it can borrow it for grouped pipelines (`pg::socket`).
+    pub async fn open(&self) -> Result<PgConn, ConnectError> {
+        let result = self.open_once().await;
+        match &result {
+            Ok(_) => self.clear_error(),
+            Err(e) => self.record_error(e),
+        }
+        result
+    }
+
+    async fn open_once(&self) -> Result<PgConn, ConnectError> {
+        let sock = self
+            .endpoint
+            .connect(self.connect_timeout)
+            .await
+            .map_err(ConnectError::Socket)?;
+        let (socket, stream) = SocketHandle::new(sock);
+        let startup = self.config.connect_raw(stream, NoTls);
+        let (client, connection) = match tokio::time::timeout(self.connect_timeout, startup).await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ConnectError::Socket(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: no answer to the startup within {} ms",
+                        self.endpoint,
+                        self.connect_timeout.as_millis()
+                    ),
+                )))
             }
-            Err(e) => {
-                self.record_error(&e);
-                Err(e)
+        };
+        // The connection future drives the socket; it ends when the client is dropped or the
+        // server goes away, so it needs no other owner.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection ended");
             }
+        });
+        Ok(PgConn {
+            cancel: client.cancel_token(),
+            client,
+            socket,
+            endpoint: self.endpoint.clone(),
+            connect_timeout: self.connect_timeout,
+            statements: Mutex::new(HashMap::new()),
+            statement_limit: self.statement_limit,
+            broken: AtomicBool::new(false),
+            burst: Mutex::new(BurstStatements::default()),
+        })
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be opened (the message names the endpoint).
+    #[error("{0}")]
+    Socket(std::io::Error),
+    /// PostgreSQL refused the startup, or the connection broke during it.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl ConnectError {
+    /// PostgreSQL's own error (bad password, unknown database, ...), if it sent one.
+    pub fn as_db_error(&self) -> Option<&DbError> {
+        match self {
+            ConnectError::Socket(_) => None,
+            ConnectError::Postgres(e) => e.as_db_error(),
+        }
+    }
+
+    /// The error in one line.
+    pub fn describe(&self) -> String {
+        match self {
+            ConnectError::Socket(e) => format!("cannot connect to {e}"),
+            ConnectError::Postgres(e) => describe_connect_error(e),
         }
     }
 }
@@ -186,14 +304,14 @@ pub fn describe_connect_error(e: &tokio_postgres::Error) -> String {
 
 impl bb8::ManageConnection for PgManager {
     type Connection = PgConn;
-    type Error = tokio_postgres::Error;
+    type Error = ConnectError;
 
-    async fn connect(&self) -> Result<PgConn, tokio_postgres::Error> {
+    async fn connect(&self) -> Result<PgConn, ConnectError> {
         self.open().await
     }
 
-    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), tokio_postgres::Error> {
-        conn.client.simple_query("").await.map(|_| ())
+    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        Ok(conn.client.simple_query("").await.map(|_| ())?)
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {

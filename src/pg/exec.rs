@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt, TryStreamExt};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::DataRowBody;
 use serde_json::value::RawValue;
-use tokio_postgres::{Client, Column, NoTls, Row, Statement};
+use tokio_postgres::{Client, Column, Row, Statement};
 
 use crate::catalog::{Entry, Shape};
 use crate::error::{Code, Error};
@@ -109,10 +111,13 @@ pub fn convert_params(stmt: &Statement, raw: &[&RawValue]) -> Result<Vec<TextPar
         .collect()
 }
 
-/// Rows (unless not kept) and the affected-row count of one execution.
+/// Rows (unless not kept) and the affected-row count of one execution. Rows come either
+/// decoded by tokio-postgres or, from a grouped pipeline (`pg::burst`), as PostgreSQL's raw
+/// DataRow messages.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub rows: Vec<Row>,
+    pub wire_rows: Vec<DataRowBody>,
     pub affected: u64,
 }
 
@@ -133,7 +138,11 @@ async fn run_raw(
         }
     }
     let affected = stream.rows_affected().unwrap_or(seen);
-    Ok(Outcome { rows, affected })
+    Ok(Outcome {
+        rows,
+        wire_rows: Vec::new(),
+        affected,
+    })
 }
 
 /// Runs one statement once. Outside a transaction a stale prepared statement (schema change) is
@@ -230,12 +239,12 @@ pub enum Bounded<T> {
     },
 }
 
-/// Runs `work` (which uses the connection whose cancel token is given) with an optional time
-/// limit. On expiry a cancel request is sent to PostgreSQL and the work is allowed to wind down,
-/// so the connection is idle again (or known broken) before anyone reuses it.
+/// Runs `work` (which uses `conn`) with an optional time limit. On expiry a cancel request is
+/// sent to PostgreSQL and the work is allowed to wind down, so the connection is idle again (or
+/// known broken) before anyone reuses it.
 pub async fn bounded<T>(
     limit: Option<Duration>,
-    cancel: tokio_postgres::CancelToken,
+    conn: &PgConn,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Bounded<T> {
     let Some(limit) = limit else {
@@ -245,8 +254,8 @@ pub async fn bounded<T>(
     match tokio::time::timeout(limit, work.as_mut()).await {
         Ok(result) => Bounded::Done(result),
         Err(_) => {
-            if let Err(e) = cancel.cancel_query(NoTls).await {
-                tracing::warn!(error = %e, "could not send a cancel request to PostgreSQL");
+            if let Err(e) = conn.cancel_query().await {
+                tracing::warn!(error = %e.describe(), "could not send a cancel request to PostgreSQL");
             }
             let clean = tokio::time::timeout(CANCEL_GRACE, work).await.is_ok();
             Bounded::TimedOut { limit, clean }
@@ -290,10 +299,11 @@ fn write_named_types<'a>(
     out.push(b']');
 }
 
-/// `[[v, v], [v, v]]` for rows, values encoded by column type.
-pub fn write_rows(out: &mut Vec<u8>, rows: &[Row]) -> Result<(), Error> {
+/// `[[v, v], [v, v]]` for an outcome's rows, values encoded by column type. `columns` describe
+/// wire rows (decoded rows carry their own).
+pub fn write_rows(out: &mut Vec<u8>, outcome: &Outcome, columns: &[Column]) -> Result<(), Error> {
     out.push(b'[');
-    for (r, row) in rows.iter().enumerate() {
+    for (r, row) in outcome.rows.iter().enumerate() {
         if r > 0 {
             out.push(b',');
         }
@@ -308,16 +318,33 @@ pub fn write_rows(out: &mut Vec<u8>, rows: &[Row]) -> Result<(), Error> {
                     format!("cannot read column {}: {e}", col.name()),
                 )
             })?;
-            write_value(out, col.type_(), cell.0).map_err(|e| {
+            write_cell(out, col, cell.0)?;
+        }
+        out.push(b']');
+    }
+    for (r, row) in outcome.wire_rows.iter().enumerate() {
+        if r > 0 || !outcome.rows.is_empty() {
+            out.push(b',');
+        }
+        out.push(b'[');
+        let buf = row.buffer();
+        let mut ranges = row.ranges();
+        let mut i = 0;
+        while let Some(range) = ranges
+            .next()
+            .map_err(|e| Error::new(Code::Internal, format!("malformed row from PostgreSQL: {e}")))?
+        {
+            let col = columns.get(i).ok_or_else(|| {
                 Error::new(
                     Code::Internal,
-                    format!(
-                        "cannot encode column \"{}\" ({}): {e}",
-                        col.name(),
-                        type_name(col.type_())
-                    ),
+                    "PostgreSQL sent more values than the statement has columns",
                 )
             })?;
+            if i > 0 {
+                out.push(b',');
+            }
+            write_cell(out, col, range.map(|r| &buf[r]))?;
+            i += 1;
         }
         out.push(b']');
     }
@@ -325,29 +352,44 @@ pub fn write_rows(out: &mut Vec<u8>, rows: &[Row]) -> Result<(), Error> {
     Ok(())
 }
 
+fn write_cell(out: &mut Vec<u8>, col: &Column, cell: Option<&[u8]>) -> Result<(), Error> {
+    write_value(out, col.type_(), cell).map_err(|e| {
+        Error::new(
+            Code::Internal,
+            format!(
+                "cannot encode column \"{}\" ({}): {e}",
+                col.name(),
+                type_name(col.type_())
+            ),
+        )
+    })
+}
+
 /// `,"columns":..,"rows":..,"command":..,"rows_affected":..` for one query result.
 /// `columns_json` is the pre-encoded column list (shared by all results of a pipeline).
 pub fn write_query_fields(
     out: &mut Vec<u8>,
     columns_json: &[u8],
+    columns: &[Column],
     entry: &Entry,
     outcome: &Outcome,
 ) -> Result<(), Error> {
     out.extend_from_slice(b"\"columns\":");
     out.extend_from_slice(columns_json);
     out.push(b',');
-    write_result_fields(out, entry, outcome)
+    write_result_fields(out, columns, entry, outcome)
 }
 
 /// `"rows":..,"command":..,"rows_affected":..` — a result without its columns (compact
 /// pipelines send the columns once).
 pub fn write_result_fields(
     out: &mut Vec<u8>,
+    columns: &[Column],
     entry: &Entry,
     outcome: &Outcome,
 ) -> Result<(), Error> {
     out.extend_from_slice(b"\"rows\":");
-    write_rows(out, &outcome.rows)?;
+    write_rows(out, outcome, columns)?;
     out.extend_from_slice(b",\"command\":");
     write_json_str(out, &entry.class.tag(outcome.affected));
     out.extend_from_slice(b",\"rows_affected\":");

@@ -1,4 +1,7 @@
-//! PostgreSQL side: pooled connections (`conn`) and statement execution (`exec`).
+//! PostgreSQL side: pooled connections (`conn`) over sockets the daemon opens (`socket`),
+//! statement execution (`exec`) and grouped read-only pipelines (`burst`).
 
+pub mod burst;
 pub mod conn;
 pub mod exec;
+pub mod socket;

@@ -148,7 +148,6 @@ pub async fn run_sql(
         None => (&**borrowed.insert(up.checkout().await?), None),
     };
     let in_tx = failed.is_some();
-    let cancel = conn.cancel_token();
     let work = async {
         match op {
             Op::Prepare => statements::prepare(up, conn, req, reply).await,
@@ -162,7 +161,7 @@ pub async fn run_sql(
             )),
         }
     };
-    let result = match bounded(limit, cancel, work).await {
+    let result = match bounded(limit, conn, work).await {
         Bounded::Done(result) => result,
         Bounded::TimedOut { limit, clean } => {
             if !clean {

@@ -15,6 +15,7 @@ use crate::catalog::Entry;
 use crate::error::{BatchPosition, Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, Target};
+use crate::pg::burst;
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
     convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields,
@@ -64,7 +65,8 @@ pub async fn pipeline(
     conns.extend(extra.iter().map(|c| &**c));
 
     open_atomic(conns[0], atomic, in_transaction).await?;
-    let mut results = run_spread(&entry, &conns, &texts, !count_only).await;
+    let grouped = !in_transaction && !atomic && burst::eligible(&entry.class);
+    let mut results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
     let all_stale = !results.is_empty()
         && results
             .iter()
@@ -77,7 +79,7 @@ pub async fn pipeline(
         let fresh = conns[0].statement(&entry).await?;
         entry.set_shape(crate::catalog::Shape::of(&fresh));
         texts = convert_all(&fresh, batch)?;
-        results = run_spread(&entry, &conns, &texts, !count_only).await;
+        results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
     }
     let failure = first_failure(&mut results);
     close_atomic(conns[0], atomic, in_transaction, failure.is_none()).await?;
@@ -107,9 +109,9 @@ pub async fn pipeline(
         out.push(b'{');
         if let Ok(outcome) = r {
             if compact {
-                write_result_fields(out, &entry, outcome)?;
+                write_result_fields(out, stmt.columns(), &entry, outcome)?;
             } else {
-                write_query_fields(out, &columns, &entry, outcome)?;
+                write_query_fields(out, &columns, stmt.columns(), &entry, outcome)?;
             }
         }
         out.push(b'}');
@@ -182,7 +184,7 @@ pub async fn batch(
         if let Ok(outcome) = r {
             columns.clear();
             write_columns(&mut columns, work[i].0.columns());
-            write_query_fields(out, &columns, &entries[i], outcome)?;
+            write_query_fields(out, &columns, work[i].0.columns(), &entries[i], outcome)?;
         }
         out.push(b'}');
     }
@@ -226,13 +228,15 @@ fn first_failure(results: &mut [Result<Outcome, Error>]) -> Option<Error> {
 }
 
 /// Runs the parameter lists split into contiguous chunks, one per connection, all chunks at
-/// once and each chunk pipelined; answers in the original order. A connection that fails to
-/// prepare the statement answers its whole chunk with that failure (the other chunks ran).
+/// once and each chunk pipelined (`grouped`: with one Sync per group, see `pg::burst`);
+/// answers in the original order. A connection that fails to prepare the statement answers its
+/// whole chunk with that failure (the other chunks ran).
 async fn run_spread(
     entry: &Arc<Entry>,
     conns: &[&PgConn],
     texts: &[Vec<TextParam>],
     keep_rows: bool,
+    grouped: bool,
 ) -> Vec<Result<Outcome, Error>> {
     let per = texts.len().div_ceil(conns.len().max(1)).max(1);
     let chunks = conns
@@ -240,6 +244,9 @@ async fn run_spread(
         .zip(texts.chunks(per))
         .map(|(c, part)| async move {
             let results = match c.statement(entry).await {
+                Ok(stmt) if grouped && part.len() >= burst::MIN_STATEMENTS => {
+                    burst::run(c, entry, &stmt, part, keep_rows).await
+                }
                 Ok(stmt) => run_pipelined(&c.client, &stmt, part, keep_rows).await,
                 Err(e) => {
                     let mut all = Vec::with_capacity(part.len());

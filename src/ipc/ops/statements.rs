@@ -71,7 +71,7 @@ pub async fn query(
         let mut columns = Vec::with_capacity(64);
         write_columns(&mut columns, stmt.columns());
         reply.body().push(b',');
-        write_query_fields(reply.body(), &columns, &entry, &outcome)?;
+        write_query_fields(reply.body(), &columns, stmt.columns(), &entry, &outcome)?;
     } else {
         reply.int_field("rows_affected", outcome.affected);
         reply.str_field("command", &entry.class.tag(outcome.affected));
