@@ -423,7 +423,9 @@ mod tests {
     #[test]
     fn only_reads_without_session_effects_are_grouped() {
         assert!(eligible(&classified("SELECT id FROM users LIMIT $1")));
-        assert!(eligible(&classified("with t as (select 1) select * from t")));
+        assert!(eligible(&classified(
+            "with t as (select 1) select * from t"
+        )));
         assert!(!eligible(&classified("INSERT INTO t VALUES ($1)")));
         assert!(!eligible(&classified("UPDATE t SET x = $1")));
         assert!(!eligible(&classified("SET search_path = x")));
@@ -432,7 +434,13 @@ mod tests {
     #[test]
     fn encode_sends_one_sync_per_group() {
         let params: Vec<Vec<TextParam>> = (0..(GROUP + 3))
-            .map(|i| vec![crate::values::param_text(&raw(&i.to_string()), &tokio_postgres::types::Type::INT4).unwrap()])
+            .map(|i| {
+                vec![crate::values::param_text(
+                    &raw(&i.to_string()),
+                    &tokio_postgres::types::Type::INT4,
+                )
+                .unwrap()]
+            })
             .collect();
         let mut buf = BytesMut::new();
         encode(&mut buf, "s1", &params).unwrap();

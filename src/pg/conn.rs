@@ -219,8 +219,7 @@ impl PgManager {
             .map_err(ConnectError::Socket)?;
         let (socket, stream) = SocketHandle::new(sock);
         let startup = self.config.connect_raw(stream, NoTls);
-        let (client, connection) = match tokio::time::timeout(self.connect_timeout, startup).await
-        {
+        let (client, connection) = match tokio::time::timeout(self.connect_timeout, startup).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(ConnectError::Socket(std::io::Error::new(

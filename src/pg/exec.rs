@@ -11,8 +11,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 use fallible_iterator::FallibleIterator;
+use futures_util::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 use postgres_protocol::message::backend::DataRowBody;
 use serde_json::value::RawValue;
 use tokio_postgres::{Client, Column, Row, Statement};
@@ -330,10 +330,12 @@ pub fn write_rows(out: &mut Vec<u8>, outcome: &Outcome, columns: &[Column]) -> R
         let buf = row.buffer();
         let mut ranges = row.ranges();
         let mut i = 0;
-        while let Some(range) = ranges
-            .next()
-            .map_err(|e| Error::new(Code::Internal, format!("malformed row from PostgreSQL: {e}")))?
-        {
+        while let Some(range) = ranges.next().map_err(|e| {
+            Error::new(
+                Code::Internal,
+                format!("malformed row from PostgreSQL: {e}"),
+            )
+        })? {
             let col = columns.get(i).ok_or_else(|| {
                 Error::new(
                     Code::Internal,

@@ -25,7 +25,10 @@ use tokio::net::{TcpStream, UnixStream};
 pub enum Endpoint {
     /// The server's Unix socket file (`<dir>/.s.PGSQL.<port>`, as libpq builds it).
     Unix(PathBuf),
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
 }
 
 impl Endpoint {
@@ -256,7 +259,10 @@ mod tests {
         let borrowed = handle.borrow();
         let mut buf = [0u8; 5];
         let blocked = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await;
-        assert!(blocked.is_err(), "the stream must wait while the socket is borrowed");
+        assert!(
+            blocked.is_err(),
+            "the stream must wait while the socket is borrowed"
+        );
         // The borrower reads what arrived.
         let mut got = [0u8; 5];
         (&borrowed).read_exact(&mut got).await.unwrap();

@@ -12,6 +12,7 @@ mod admin;
 mod catalog;
 mod errors;
 mod faults;
+mod grouped;
 mod lifecycle;
 mod ops;
 mod sessions;

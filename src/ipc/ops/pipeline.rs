@@ -53,7 +53,7 @@ pub async fn pipeline(
     let count_only = req.count_only.unwrap_or(false);
     let atomic = req.atomic.unwrap_or(false);
     let (entry, stmt) = prepare_on(up, conn, target).await?;
-    let mut texts = convert_all(&stmt, batch)?;
+    let texts = convert_all(&stmt, batch)?;
 
     let mut extra = Vec::new();
     if !in_transaction && !atomic && texts.len() >= 2 * MIN_PER_CONNECTION {
@@ -67,19 +67,30 @@ pub async fn pipeline(
     open_atomic(conns[0], atomic, in_transaction).await?;
     let grouped = !in_transaction && !atomic && burst::eligible(&entry.class);
     let mut results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
-    let all_stale = !results.is_empty()
-        && results
-            .iter()
-            .all(|r| r.as_ref().err().is_some_and(Error::is_stale_statement));
-    if all_stale && !in_transaction && !atomic {
-        // A schema change invalidated the statement everywhere: prepare again, retry once.
+    let stale: Vec<bool> = results
+        .iter()
+        .map(|r| r.as_ref().err().is_some_and(Error::is_stale_statement))
+        .collect();
+    if stale.contains(&true) && !in_transaction && !atomic {
+        // A schema change invalidated the statement: prepare it again and run once more the
+        // statements that failed for it (a stale statement never started executing; the
+        // others ran and keep their answers).
         for c in &conns {
             c.forget(entry.id);
+            c.burst_statements().forget(entry.id);
         }
         let fresh = conns[0].statement(&entry).await?;
         entry.set_shape(crate::catalog::Shape::of(&fresh));
-        texts = convert_all(&fresh, batch)?;
-        results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
+        let again: Vec<Vec<TextParam>> = convert_all(&fresh, batch)?
+            .into_iter()
+            .zip(&stale)
+            .filter_map(|(p, &s)| s.then_some(p))
+            .collect();
+        let answers = run_spread(&entry, &conns, &again, !count_only, grouped).await;
+        let slots = stale.iter().enumerate().filter(|(_, &s)| s).map(|(i, _)| i);
+        for (i, answer) in slots.zip(answers) {
+            results[i] = answer;
+        }
     }
     let failure = first_failure(&mut results);
     close_atomic(conns[0], atomic, in_transaction, failure.is_none()).await?;

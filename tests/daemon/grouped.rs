@@ -1,0 +1,185 @@
+//! Grouped pipelines (`pg::burst`): a pipeline of a read-only statement runs with one Sync per
+//! group on a borrowed socket. Each test checks that the answers are exactly those of a Sync per
+//! statement: a failure mid-group, a SELECT whose function writes, a schema change between two
+//! pipelines, a timeout, and a pooled connection that still serves tokio-postgres afterwards.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::ops::wait_until_not_running;
+use crate::support::TestDb;
+
+/// Enough statements for two groups on one connection (the test pool is small).
+const N: usize = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_mid_group_reports_the_same_index_and_counts() {
+    let db = TestDb::new().await;
+    let daemon = db.daemon().await;
+    let mut c = daemon.connected().await;
+    // Zeros at 100 and 400: division by zero, one in each group.
+    let batch: Vec<Value> = (0..N)
+        .map(|i| json!([if i == 100 || i == 400 { 0 } else { i + 1 }]))
+        .collect();
+    let e = c
+        .call_err(
+            json!({"op": "pipeline", "sql": "SELECT 1000 / $1::int AS q", "params_batch": batch}),
+        )
+        .await;
+    assert_eq!(e["code"], json!("22012"), "{e}");
+    assert_eq!(e["index"], json!(100), "{e}");
+    assert_eq!(e["succeeded"], json!(N - 2), "{e}");
+    assert_eq!(e["failed"], json!(2), "{e}");
+
+    // The connections are clean afterwards: the same pipeline without zeros answers in full.
+    let batch: Vec<Value> = (1..=N).map(|i| json!([i])).collect();
+    let r = c
+        .call_ok(json!({"op": "pipeline", "sql": "SELECT 1000 / $1::int AS q", "params_batch": batch, "compact": true}))
+        .await;
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), N);
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result["rows"], json!([[1000 / (i + 1)]]), "result {i}");
+        assert_eq!(result["command"], json!("SELECT 1"), "result {i}");
+    }
+    assert_eq!(r["columns"], json!([{"name": "q", "type": "int4"}]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_whose_function_writes_runs_each_write_exactly_once() {
+    let db = TestDb::new().await;
+    db.setup(
+        "CREATE TABLE log (v int PRIMARY KEY);
+         INSERT INTO log VALUES (250);
+         CREATE FUNCTION remember(x int) RETURNS int LANGUAGE sql VOLATILE
+             AS 'INSERT INTO log VALUES (x) RETURNING v';",
+    )
+    .await;
+    let daemon = db.daemon().await;
+    let mut c = daemon.connected().await;
+    let batch: Vec<Value> = (0..N).map(|i| json!([i])).collect();
+    // 250 is already there: that one statement fails, every other one writes once.
+    let e = c
+        .call_err(
+            json!({"op": "pipeline", "sql": "SELECT remember($1) AS v", "params_batch": batch}),
+        )
+        .await;
+    assert_eq!(e["code"], json!("23505"), "{e}");
+    assert_eq!(e["index"], json!(250), "{e}");
+    assert_eq!(e["succeeded"], json!(N - 1), "{e}");
+    assert_eq!(db.count("SELECT count(*) FROM log", &[]).await, N as i64);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT v) FROM log", &[]).await,
+        N as i64
+    );
+
+    // Without a failure, the rows are the function's answers, in order.
+    let batch: Vec<Value> = (N..2 * N).map(|i| json!([i])).collect();
+    let r = c
+        .call_ok(
+            json!({"op": "pipeline", "sql": "SELECT remember($1) AS v", "params_batch": batch}),
+        )
+        .await;
+    let results = r["results"].as_array().expect("results");
+    for (k, result) in results.iter().enumerate() {
+        assert_eq!(result["rows"], json!([[N + k]]), "result {k}");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM log", &[]).await,
+        2 * N as i64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_between_pipelines_answers_in_the_new_shape() {
+    let db = TestDb::new().await;
+    db.setup("CREATE TABLE t (id int); INSERT INTO t SELECT g FROM generate_series(1, 10) g;")
+        .await;
+    let daemon = db.daemon().await;
+    let mut c = daemon.connected().await;
+    let handle = c.prepare("SELECT * FROM t ORDER BY id LIMIT $1").await;
+    let batch: Vec<Value> = (0..N).map(|i| json!([i % 3 + 1])).collect();
+    let pipeline = json!({"op": "pipeline", "handle": handle, "params_batch": batch});
+    let r = c.call_ok(pipeline.clone()).await;
+    assert_eq!(r["results"][2]["rows"], json!([[1], [2], [3]]));
+
+    db.setup("ALTER TABLE t ADD COLUMN label text DEFAULT 'x'")
+        .await;
+    let r = c.call_ok(pipeline).await;
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), N);
+    assert_eq!(results[0]["rows"], json!([[1, "x"]]));
+    assert_eq!(results[2]["rows"], json!([[1, "x"], [2, "x"], [3, "x"]]));
+    assert_eq!(
+        results[N - 1]["columns"],
+        json!([{"name": "id", "type": "int4"}, {"name": "label", "type": "text"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_cancels_a_grouped_pipeline_and_the_pool_recovers() {
+    let db = TestDb::new().await;
+    let daemon = db.daemon().await;
+    let mut c = daemon.connected().await;
+    // 200 × 50 ms = 10 s of work if nothing cancelled it.
+    let batch: Vec<Value> = (0..200).map(|_| json!([0.05])).collect();
+    let started = Instant::now();
+    let e = c
+        .expect_error(
+            json!({"op": "pipeline", "sql": "SELECT pg_sleep($1) AS slept_in_a_grouped_pipeline", "params_batch": batch, "timeout_ms": 300}),
+            "timeout",
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the timeout answer came after {:?}: {e}",
+        started.elapsed()
+    );
+    wait_until_not_running(&db, "slept_in_a_grouped_pipeline").await;
+
+    // Every pooled connection still answers, grouped and one by one.
+    for _ in 0..3 {
+        let batch: Vec<Value> = (0..100).map(|i| json!([i])).collect();
+        let r = c
+            .call_ok(json!({"op": "pipeline", "sql": "SELECT $1::int + 1 AS n", "params_batch": batch, "count_only": true}))
+            .await;
+        assert_eq!(r["count"], json!(100));
+        assert_eq!(c.scalar("SELECT 41 + 1", json!([])).await, json!(42));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_and_single_statements_share_connections_over_the_unix_socket() {
+    let db = TestDb::new().await;
+    let socket_dir = db.cluster.socket_dir();
+    let daemon = db
+        .daemon_with(|cfg| {
+            cfg.upstreams[0].host = socket_dir.display().to_string();
+            cfg.upstreams[0].pool_max = 1;
+        })
+        .await;
+    let mut c = daemon.connected().await;
+    // One connection: grouped pipelines, tokio-postgres queries and prepares interleave on it.
+    for round in 0..5 {
+        let batch: Vec<Value> = (0..300).map(|i| json!([i, round])).collect();
+        let r = c
+            .call_ok(json!({"op": "pipeline", "sql": "SELECT $1::int * 10 + $2::int AS v, 'r' || $2::text AS tag", "params_batch": batch}))
+            .await;
+        let results = r["results"].as_array().expect("results");
+        assert_eq!(results.len(), 300);
+        assert_eq!(
+            results[299]["rows"],
+            json!([[2990 + round, format!("r{round}")]])
+        );
+        let sql = format!("SELECT {round} AS round");
+        assert_eq!(c.scalar(&sql, json!([])).await, json!(round));
+    }
+    let backends = db
+        .count(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await;
+    assert_eq!(backends, 1, "the pool of one kept its one connection");
+}
