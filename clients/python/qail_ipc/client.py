@@ -32,7 +32,7 @@ from typing import (
     Union,
 )
 
-from ._protocol import PROTOCOL, encode_frame, gc_paused, read_frame, resolve_socket_path
+from ._protocol import PROTOCOL, FrameReader, encode_frame, gc_paused, resolve_socket_path
 from ._values import decode_rows, decoder_for, encode_params
 from .errors import Error, InterfaceError, OperationalError, from_wire
 from .rows import Column, RowFactory, tuple_row
@@ -345,6 +345,8 @@ class Client(_Base):
     ) -> None:
         self._configure(path, token, timeout, raw, row_factory, client_name)
         self._sock: Optional[socket.socket] = None
+        self._reader = FrameReader()
+        self._poller: Optional[Any] = None
         self._pid = os.getpid()
         self._lock = threading.RLock()
         _ALL_CLIENTS.add(self)
@@ -364,6 +366,9 @@ class Client(_Base):
             sock.close()
             raise _not_running(self.path, exc) from None
         self._sock = sock
+        self._reader = FrameReader()
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         self._pid = os.getpid()
         self._in_transaction = False
         try:
@@ -383,12 +388,10 @@ class Client(_Base):
 
     def _peer_closed(self) -> bool:
         """Whether the daemon closed the idle connection (e.g. it restarted)."""
-        assert self._sock is not None
-        poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
+        assert self._sock is not None and self._poller is not None
         # Readable while idle: end of stream, or bytes nobody asked for. Either way the
         # connection is of no further use.
-        return bool(poller.poll(0))
+        return bool(self._poller.poll(0))
 
     def _exchange(self, message: Dict[str, Any]) -> Dict[str, Any]:
         """Sends one request and reads its answer. The lock must be held."""
@@ -398,7 +401,7 @@ class Client(_Base):
         request_id = self._stamp(message)
         try:
             sock.sendall(encode_frame(message))
-            response = read_frame(sock)
+            response = self._reader.read(sock)
         except socket.timeout:
             self._drop()
             raise OperationalError(

@@ -175,3 +175,51 @@ def test_large_frames_decode_with_the_collector_paused_and_restored():
             gc.enable()
     finally:
         _protocol.loads = real_loads
+
+
+def test_a_decoded_burst_skips_the_young_generations_but_an_application_freeze_is_kept():
+    import gc
+
+    body = ("[" + ",".join("[%d,\"n%d\"]" % (i, i) for i in range(40000)) + "]").encode()
+    gc.collect()
+    rows = _protocol.decode_body(body)
+    assert gc.get_count()[0] < 1000, "the burst was not left in the youngest generation"
+    assert gc.get_freeze_count() == 0
+    assert any(r is rows for r in gc.get_objects(generation=2)), "it went to the oldest one"
+
+    frozen = [object() for _ in range(10)]  # an application's gc.freeze() before forking
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        again = _protocol.decode_body(body)
+        assert again == rows
+        assert gc.get_freeze_count() == before, "the application's frozen objects stay frozen"
+    finally:
+        gc.unfreeze()
+    del frozen
+
+
+def test_frame_reader_handles_split_large_and_back_to_back_frames():
+    import socket
+    import threading
+
+    a, b = socket.socketpair()
+    try:
+        reader = _protocol.FrameReader(size=64)
+        small = encode_frame({"id": 1, "ok": True})
+        large = encode_frame({"id": 2, "rows": list(range(500))})  # larger than the buffer
+        # Two frames in one write, the second split mid-header.
+        b.sendall(small + small[:2])
+        assert reader.read(a) == {"id": 1, "ok": True}
+        b.sendall(small[2:] + large[:30])
+        assert reader.read(a) == {"id": 1, "ok": True}
+        sender = threading.Thread(target=b.sendall, args=(large[30:] + small,))
+        sender.start()
+        assert reader.read(a)["rows"][499] == 499
+        assert reader.read(a) == {"id": 1, "ok": True}
+        sender.join()
+        b.close()
+        with pytest.raises(EOFError):
+            reader.read(a)
+    finally:
+        a.close()
