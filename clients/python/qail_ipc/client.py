@@ -325,6 +325,11 @@ def _set_target(message: Dict[str, Any], statement: Statement) -> None:
         raise TypeError("a statement is a SQL string or a Handle, not %r" % (statement,))
 
 
+#: Frames up to this size are sent before the previous answer has been read (a Unix socket
+#: buffers far more, so the daemon never waits on this process to write its answer).
+_SEND_AHEAD_MAX = 64 * 1024
+
+
 def _is_unknown_handle(exc: Error, statement: Any) -> bool:
     return exc.code == "unknown_handle" and isinstance(statement, Handle)
 
@@ -395,13 +400,35 @@ class Client(_Base):
 
     def _exchange(self, message: Dict[str, Any]) -> Dict[str, Any]:
         """Sends one request and reads its answer. The lock must be held."""
+        response = self._exchange_all([message])[0]
+        if response.get("ok"):
+            return response
+        raise from_wire(response.get("error"))
+
+    def _exchange_all(self, messages: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Sends requests and reads their answers, ok or not, in order. The lock must be held.
+
+        With several requests, the next one is sent before the previous answer is read, so
+        the daemon works on it while this process decodes; only small frames are sent ahead,
+        so neither side can block the other on a full socket buffer.
+        """
         sock = self._sock
         if sock is None:
             raise InterfaceError("not connected")
-        request_id = self._stamp(message)
+        ids = [self._stamp(m) for m in messages]
+        frames = [encode_frame(m) for m in messages]
+        ahead = len(frames) > 1 and max(map(len, frames)) <= _SEND_AHEAD_MAX
+        answers: List[Dict[str, Any]] = []
+        message = messages[0]
         try:
-            sock.sendall(encode_frame(message))
-            response = self._reader.read(sock)
+            sock.sendall(frames[0])
+            for k in range(len(frames)):
+                message = messages[k]
+                if k > 0 and not ahead:
+                    sock.sendall(frames[k])
+                if ahead and k + 1 < len(frames):
+                    sock.sendall(frames[k + 1])
+                answers.append(self._reader.read(sock))
         except socket.timeout:
             self._drop()
             raise OperationalError(
@@ -418,37 +445,71 @@ class Client(_Base):
             # Interrupted half-way (KeyboardInterrupt, ...): the stream is out of step.
             self._drop()
             raise
-        if response.get("id") != request_id:
-            self._drop()
-            if response.get("ok") is False and response.get("id") is None:
-                raise from_wire(response.get("error"))
-            raise InterfaceError(
-                "answer out of order: expected id %d, got %r" % (request_id, response.get("id"))
-            )
-        if response.get("ok"):
-            return response
-        raise from_wire(response.get("error"))
+        for request_id, response in zip(ids, answers):
+            if response.get("id") != request_id:
+                self._drop()
+                if response.get("ok") is False and response.get("id") is None:
+                    raise from_wire(response.get("error"))
+                raise InterfaceError(
+                    "answer out of order: expected id %d, got %r"
+                    % (request_id, response.get("id"))
+                )
+        return answers
 
     def _request(self, message: Dict[str, Any]) -> Dict[str, Any]:
         """Sends one request, (re)connecting first when needed."""
         with self._lock:
-            if self._closed:
-                raise InterfaceError("the client is closed")
-            if self._pid != os.getpid():
-                # Forked: the socket belongs to the parent. Closing our copy of the file
-                # descriptor leaves the parent's connection untouched.
-                self._drop()
-                self._in_transaction = False
-            if self._sock is None or self._peer_closed():
-                self._drop()
-                if self._in_transaction:
-                    self._in_transaction = False
-                    raise OperationalError(
-                        "the connection to qail-daemon was lost inside a transaction; "
-                        "the daemon rolled the transaction back"
-                    )
-                self._open()
+            self._ready()
             return self._exchange(message)
+
+    def _ready(self) -> None:
+        """(Re)connects when needed. The lock must be held."""
+        if self._closed:
+            raise InterfaceError("the client is closed")
+        if self._pid != os.getpid():
+            # Forked: the socket belongs to the parent. Closing our copy of the file
+            # descriptor leaves the parent's connection untouched.
+            self._drop()
+            self._in_transaction = False
+        if self._sock is None or self._peer_closed():
+            self._drop()
+            if self._in_transaction:
+                self._in_transaction = False
+                raise OperationalError(
+                    "the connection to qail-daemon was lost inside a transaction; "
+                    "the daemon rolled the transaction back"
+                )
+            self._open()
+
+    def _run_chunks(self, statement: Statement, chunks: List[List[Params]]) -> List[Dict[str, Any]]:
+        """Runs one ``pipeline`` request per chunk (see :meth:`pipeline`); the answers in order.
+
+        A failure is raised once every chunk has answered, as one error: the first failure's
+        index within the whole batch, and succeeded/failed counted over all chunks.
+        """
+        for attempt in (1, 2):
+            messages = [self._pipeline_message(statement, c, False, False) for c in chunks]
+            with self._lock:
+                self._ready()
+                answers = self._exchange_all(messages)
+            errors = [(k, a.get("error") or {}) for k, a in enumerate(answers) if not a.get("ok")]
+            if not errors:
+                return answers
+            k, first = errors[0]
+            if attempt == 1 and first.get("code") == "unknown_handle" and isinstance(statement, Handle):
+                statement._refresh(self._request({"op": "prepare", "sql": statement.sql}))
+                continue
+            first = dict(first)
+            if "index" in first:
+                first["index"] = sum(map(len, chunks[:k])) + first["index"]
+                failed = dict(errors)
+                first["succeeded"] = sum(
+                    failed[i].get("succeeded", 0) if i in failed else len(c)
+                    for i, c in enumerate(chunks)
+                )
+                first["failed"] = sum(e.get("failed", 0) for e in failed.values())
+            raise from_wire(first)
+        raise InterfaceError("unreachable")  # pragma: no cover
 
     def _run(self, message: Dict[str, Any], statement: Statement) -> Dict[str, Any]:
         """Runs a statement op, healing an unknown handle once by preparing it again."""
@@ -530,15 +591,37 @@ class Client(_Base):
         return _rows_affected(self._run(message, statement))
 
     def pipeline(
-        self, statement: Statement, params_batch: Iterable[Params], *, atomic: bool = False
+        self,
+        statement: Statement,
+        params_batch: Iterable[Params],
+        *,
+        atomic: bool = False,
+        chunk_size: Optional[int] = None,
     ) -> List[Result]:
         """Runs one statement once per parameter list, pipelined; one :class:`Result` each.
 
         Without ``atomic`` each statement commits on its own (outside a transaction) and a
         failure leaves the others done; with it, all run in one transaction.
+
+        ``chunk_size`` sends the batch as consecutive requests of that many parameter lists, for
+        batches too large for one frame (16 MiB by default, both ways). The next request is
+        sent before the previous answer is decoded, so the daemon is already running it. Each
+        chunk is its own request: a bad parameter fails only its chunk, so it cannot be
+        combined with ``atomic``.
         """
-        message = self._pipeline_message(statement, params_batch, atomic, False)
-        return self._pipeline_results(self._run(message, statement))
+        if chunk_size is None:
+            message = self._pipeline_message(statement, params_batch, atomic, False)
+            return self._pipeline_results(self._run(message, statement))
+        if atomic:
+            raise ValueError("chunk_size cannot be combined with atomic: each chunk is a request")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        params = list(params_batch)
+        chunks = [params[i : i + chunk_size] for i in range(0, len(params), chunk_size)]
+        out: List[Result] = []
+        for answer in self._run_chunks(statement, chunks or [[]]):
+            out.extend(self._pipeline_results(answer))
+        return out
 
     def prepared_pipeline(
         self, statement: Statement, params_batch: Iterable[Params], *, atomic: bool = False

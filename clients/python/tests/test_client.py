@@ -179,6 +179,41 @@ def test_pipeline(users):
     client.close()
 
 
+def test_pipeline_in_chunks_answers_like_one_request(users):
+    client = users.connect()
+    handle = client.prepare("SELECT id FROM users ORDER BY id LIMIT $1")
+    batch = [[i % 4] for i in range(1000)]
+    whole = client.pipeline(handle, batch)
+    chunked = client.pipeline(handle, batch, chunk_size=64)
+    assert [r.rows for r in chunked] == [r.rows for r in whole]
+    assert [r.command for r in chunked] == [r.command for r in whole]
+    assert client.pipeline(handle, [], chunk_size=10) == []
+
+    # One failure per chunk in two chunks: the first one's index in the whole batch, and
+    # the counts over every chunk.
+    client.execute("CREATE TABLE c (id int PRIMARY KEY)")
+    client.execute("INSERT INTO c VALUES (5), (25)")
+    with pytest.raises(IntegrityError) as info:
+        client.pipeline("INSERT INTO c VALUES ($1)", [[i] for i in range(30)], chunk_size=10)
+    assert info.value.index == 5
+    assert info.value.fields["succeeded"] == 28 and info.value.fields["failed"] == 2
+    assert client.query_one("SELECT count(*) FROM c") == (30,)
+
+    # A bad parameter fails its own chunk only.
+    with pytest.raises(qail_ipc.Error) as info:
+        client.pipeline("INSERT INTO c VALUES ($1)", [[100], [101], [102, 2], [103]], chunk_size=2)
+    assert info.value.code == "bad_parameter" and info.value.index == 2
+    assert client.query_one("SELECT count(*) FROM c WHERE id >= 100") == (2,)
+
+    with pytest.raises(ValueError):
+        client.pipeline(handle, batch, chunk_size=10, atomic=True)
+
+    # A handle the daemon forgot (restart) is prepared again once, for every chunk.
+    users.restart()
+    assert len(client.pipeline(handle, batch, chunk_size=300)) == 1000
+    client.close()
+
+
 def test_batch(users):
     client = users.connect()
     handle = client.prepare("SELECT name FROM users WHERE id = $1")
