@@ -371,6 +371,16 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         "Statements evicted to make room (least recently used first).",
         COUNTER,
     );
+    let mut grouped = Family::new(
+        "qail_pipeline_grouped_statements_total",
+        "Pipeline statements sent in read-only groups with one Sync per group.",
+        COUNTER,
+    );
+    let mut reruns = Family::new(
+        "qail_pipeline_grouped_reruns_total",
+        "Grouped statements run again one by one (failed or skipped inside their group).",
+        COUNTER,
+    );
     for upstream in supervisor.all() {
         let name = upstream.name();
         let label = [("upstream", name)];
@@ -396,6 +406,8 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         hits.push(&label, cache.hits as f64);
         misses.push(&label, cache.misses as f64);
         evictions.push(&label, cache.evictions as f64);
+        grouped.push(&label, pool.grouped_statements as f64);
+        reruns.push(&label, pool.grouped_reruns as f64);
     }
     [
         up,
@@ -411,6 +423,8 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         hits,
         misses,
         evictions,
+        grouped,
+        reruns,
     ]
     .into_iter()
     .map(|f| f.family)

@@ -75,6 +75,10 @@ pub struct PoolStats {
     pub checkouts: u64,
     pub checkout_timeouts: u64,
     pub errors: u64,
+    /// Pipeline statements sent grouped (see `pg::burst`), and those of them run again one by
+    /// one because they failed or were skipped inside their group.
+    pub grouped_statements: u64,
+    pub grouped_reruns: u64,
 }
 
 /// One pooled upstream database.
@@ -97,6 +101,15 @@ pub struct Upstream {
     pub cancel: CancellationToken,
     /// Connections currently shared by concurrent autocommit requests (see [`Lease`]).
     lanes: Mutex<Vec<Arc<Lane>>>,
+    /// Counters of grouped pipelines on this upstream.
+    pub grouped: GroupedCounters,
+}
+
+/// How much of the pipeline traffic ran grouped, and how much of it had to run again.
+#[derive(Debug, Default)]
+pub struct GroupedCounters {
+    pub statements: AtomicU64,
+    pub reruns: AtomicU64,
 }
 
 /// Requests that may share one connection at once. tokio-postgres pipelines concurrent
@@ -205,6 +218,7 @@ impl Upstream {
             cancel,
             config,
             lanes: Mutex::new(Vec::new()),
+            grouped: GroupedCounters::default(),
         })
     }
 
@@ -407,6 +421,8 @@ impl Upstream {
             checkouts: state.statistics.get_started,
             checkout_timeouts: state.statistics.get_timed_out,
             errors: self.errors.load(Ordering::Relaxed),
+            grouped_statements: self.grouped.statements.load(Ordering::Relaxed),
+            grouped_reruns: self.grouped.reruns.load(Ordering::Relaxed),
         }
     }
 

@@ -32,6 +32,7 @@ use postgres_protocol::IsNull;
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::Statement;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::catalog::Entry;
@@ -40,6 +41,7 @@ use crate::pg::conn::PgConn;
 use crate::pg::exec::{run_statements, Outcome};
 use crate::pg::socket::Borrowed;
 use crate::sql::Classified;
+use crate::upstream::GroupedCounters;
 use crate::values::TextParam;
 
 /// Statements per Sync. Past a few hundred the server's saving is flat, while a failure costs
@@ -75,10 +77,14 @@ pub async fn run(
     stmt: &Statement,
     params: &[Vec<TextParam>],
     keep_rows: bool,
+    counters: &GroupedCounters,
 ) -> Vec<Result<Outcome, Error>> {
     if params.is_empty() {
         return Vec::new();
     }
+    counters
+        .statements
+        .fetch_add(params.len() as u64, Ordering::Relaxed);
     let mut slots = match run_grouped(conn, entry, stmt, params, keep_rows).await {
         Ok(slots) => slots,
         Err(e) => {
@@ -94,6 +100,9 @@ pub async fn run(
         .filter(|&i| matches!(slots[i], Slot::Redo))
         .collect();
     if !redo.is_empty() {
+        counters
+            .reruns
+            .fetch_add(redo.len() as u64, Ordering::Relaxed);
         tracing::debug!(
             statements = redo.len(),
             "running statements of a grouped pipeline again one by one"

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 
 /// Where an upstream's server listens.
 #[derive(Debug, Clone)]
@@ -50,9 +50,27 @@ impl Endpoint {
             match self {
                 Endpoint::Unix(path) => UnixStream::connect(path).await.map(Sock::Unix),
                 Endpoint::Tcp { host, port } => {
-                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
-                    stream.set_nodelay(true)?;
-                    Ok(Sock::Tcp(stream))
+                    // Every address the name resolves to, in order, as libpq does; TCP
+                    // keepalives on (the kernel's timings), as tokio-postgres sets them.
+                    let mut last = None;
+                    for addr in tokio::net::lookup_host((host.as_str(), *port)).await? {
+                        let socket = if addr.is_ipv4() {
+                            TcpSocket::new_v4()?
+                        } else {
+                            TcpSocket::new_v6()?
+                        };
+                        socket.set_keepalive(true)?;
+                        match socket.connect(addr).await {
+                            Ok(stream) => {
+                                stream.set_nodelay(true)?;
+                                return Ok(Sock::Tcp(stream));
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(last.unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
+                    }))
                 }
             }
         };

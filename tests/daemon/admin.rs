@@ -340,6 +340,15 @@ async fn metrics_move_with_traffic() {
         )
         .await;
     assert_eq!(r["count"], 100);
+    // One grouped pipeline that fails half-way: statement 50 and the 49 after it in its group
+    // run again one by one.
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!([if i == 50 { 0 } else { i + 1 }]))
+        .collect();
+    let e = c
+        .call_err(json!({"op": "pipeline", "sql": "SELECT 10 / $1::int", "params_batch": batch}))
+        .await;
+    assert_eq!(e["index"], json!(50), "{e}");
     c.expect_error(
         json!({"op": "query", "sql": "SELECT * FROM no_such_table"}),
         "42P01",
@@ -355,15 +364,23 @@ async fn metrics_move_with_traffic() {
     let req = "qail_requests_total";
     assert_eq!(delta(req, &[("op", "query"), ("outcome", "ok")]), 3.0);
     assert_eq!(delta(req, &[("op", "query"), ("outcome", "error")]), 1.0);
+    assert_eq!(delta(req, &[("op", "pipeline"), ("outcome", "error")]), 1.0);
     assert_eq!(
         delta(req, &[("op", "pipeline"), ("outcome", "ok")]),
         1.0,
         "a pipeline is one request"
     );
+    let main = [("upstream", "main")];
+    assert_eq!(
+        delta("qail_pipeline_grouped_statements_total", &main),
+        200.0
+    );
+    assert_eq!(delta("qail_pipeline_grouped_reruns_total", &main), 50.0);
     assert_eq!(delta(req, &[("op", "prepare"), ("outcome", "ok")]), 1.0);
     assert_eq!(delta(req, &[("op", "hello"), ("outcome", "ok")]), 1.0);
     assert_eq!(delta(req, &[("op", "unknown"), ("outcome", "error")]), 1.0);
     assert_eq!(delta("qail_errors_total", &[("code", "42P01")]), 1.0);
+    assert_eq!(delta("qail_errors_total", &[("code", "22012")]), 1.0);
     assert_eq!(delta("qail_errors_total", &[("code", "unknown_op")]), 1.0);
     assert_eq!(
         delta("qail_request_duration_seconds_count", &[("op", "query")]),
@@ -383,7 +400,6 @@ async fn metrics_move_with_traffic() {
     );
     assert!(bytes_out > 100.0, "{bytes_out}");
 
-    let main = [("upstream", "main")];
     assert_eq!(after.get("qail_upstream_up", &main), Some(1.0));
     assert_eq!(after.get("qail_upstream_paused", &main), Some(0.0));
     assert_eq!(after.get("qail_clients_connected", &[]), Some(1.0));
@@ -391,8 +407,8 @@ async fn metrics_move_with_traffic() {
     assert!(delta("qail_catalog_hits_total", &main) >= 4.0);
     assert_eq!(
         after.get("qail_catalog_entries", &main),
-        Some(1.0),
-        "the failed statement is not catalogued"
+        Some(2.0),
+        "the two pipelines' statements; the failed one is not catalogued"
     );
     assert_eq!(after.get("qail_catalog_capacity", &main), Some(4096.0));
     assert!(delta("qail_pool_checkout_wait_seconds_count", &main) >= 5.0);

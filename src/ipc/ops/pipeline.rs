@@ -21,7 +21,7 @@ use crate::pg::exec::{
     convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields,
     write_result_fields, Outcome,
 };
-use crate::upstream::Upstream;
+use crate::upstream::{GroupedCounters, Upstream};
 use crate::values::TextParam;
 
 use super::statements::missing;
@@ -65,7 +65,8 @@ pub async fn pipeline(
     conns.extend(extra.iter().map(|c| &**c));
 
     open_atomic(conns[0], atomic, in_transaction).await?;
-    let grouped = !in_transaction && !atomic && burst::eligible(&entry.class);
+    let grouped =
+        (!in_transaction && !atomic && burst::eligible(&entry.class)).then_some(&up.grouped);
     let mut results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
     let stale: Vec<bool> = results
         .iter()
@@ -247,19 +248,19 @@ async fn run_spread(
     conns: &[&PgConn],
     texts: &[Vec<TextParam>],
     keep_rows: bool,
-    grouped: bool,
+    grouped: Option<&GroupedCounters>,
 ) -> Vec<Result<Outcome, Error>> {
     let per = texts.len().div_ceil(conns.len().max(1)).max(1);
     let chunks = conns
         .iter()
         .zip(texts.chunks(per))
         .map(|(c, part)| async move {
-            let results = match c.statement(entry).await {
-                Ok(stmt) if grouped && part.len() >= burst::MIN_STATEMENTS => {
-                    burst::run(c, entry, &stmt, part, keep_rows).await
+            let results = match (c.statement(entry).await, grouped) {
+                (Ok(stmt), Some(counters)) if part.len() >= burst::MIN_STATEMENTS => {
+                    burst::run(c, entry, &stmt, part, keep_rows, counters).await
                 }
-                Ok(stmt) => run_pipelined(&c.client, &stmt, part, keep_rows).await,
-                Err(e) => {
+                (Ok(stmt), _) => run_pipelined(&c.client, &stmt, part, keep_rows).await,
+                (Err(e), _) => {
                     let mut all = Vec::with_capacity(part.len());
                     all.push(Err(e));
                     all.extend((1..part.len()).map(|_| {
