@@ -78,6 +78,9 @@ pub enum Error {
     /// PostgreSQL (or the connection to it) failed.
     #[error("{0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// PostgreSQL raised an error on a socket the daemon drove itself (`pg::burst`).
+    #[error("{0}")]
+    Server(Box<ServerError>),
     /// One statement of a pipeline or batch failed.
     #[error("statement {} failed: {inner}", .at.index)]
     InBatch {
@@ -103,7 +106,16 @@ impl Error {
         match self {
             Error::Postgres(e) => e.as_db_error(),
             Error::InBatch { inner, .. } => inner.db_error(),
-            Error::Daemon { .. } => None,
+            Error::Daemon { .. } | Error::Server(_) => None,
+        }
+    }
+
+    /// Whether PostgreSQL raised this error (rather than the daemon or the connection).
+    pub fn from_server(&self) -> bool {
+        match self {
+            Error::Server(_) => true,
+            Error::InBatch { inner, .. } => inner.from_server(),
+            _ => self.db_error().is_some(),
         }
     }
 
@@ -118,12 +130,19 @@ impl Error {
             Error::Postgres(e) => e.as_db_error().is_none() && (e.is_closed() || is_io(e)),
             Error::InBatch { inner, .. } => inner.is_disconnect(),
             Error::Daemon { code, .. } => *code == Code::UpstreamUnavailable,
+            Error::Server(_) => false,
         }
     }
 
     /// A prepared statement went stale on its connection (schema change, or the statement was
     /// deallocated); preparing it again and retrying once is safe.
     pub fn is_stale_statement(&self) -> bool {
+        if let Error::Server(e) = self {
+            return (e.code == "0A000"
+                && e.message
+                    .contains("cached plan must not change result type"))
+                || e.code == "26000";
+        }
         match self.db_error() {
             Some(db) if *db.code() == SqlState::FEATURE_NOT_SUPPORTED => db
                 .message()
@@ -142,6 +161,7 @@ impl Error {
                 None => Code::UpstreamUnavailable.as_str(),
             },
             Error::InBatch { inner, .. } => inner.code(),
+            Error::Server(e) => &e.code,
         }
     }
 
@@ -163,6 +183,7 @@ impl Error {
                     out.push(b'}');
                 }
             },
+            Error::Server(e) => e.write_wire(out),
             Error::InBatch { at, inner } => {
                 let mut inner_buf = Vec::with_capacity(128);
                 match inner.db_error() {
@@ -199,6 +220,84 @@ fn write_position(out: &mut Vec<u8>, at: &BatchPosition) {
     out.extend_from_slice(itoa::Buffer::new().format(at.succeeded).as_bytes());
     out.extend_from_slice(b",\"failed\":");
     out.extend_from_slice(itoa::Buffer::new().format(at.failed).as_bytes());
+}
+
+/// PostgreSQL's ErrorResponse fields, as the daemon read them from the wire itself. Written to
+/// the client exactly like a tokio-postgres `DbError`.
+#[derive(Debug, Clone, Default)]
+pub struct ServerError {
+    pub code: String,
+    pub message: String,
+    pub severity: String,
+    /// detail, hint, schema, table, column, constraint, where — when PostgreSQL sent them.
+    pub optional: Vec<(&'static str, String)>,
+    pub position: Option<u32>,
+}
+
+impl ServerError {
+    /// Reads an ErrorResponse's fields.
+    pub fn parse(body: &postgres_protocol::message::backend::ErrorResponseBody) -> ServerError {
+        use fallible_iterator::FallibleIterator;
+        let mut e = ServerError::default();
+        let mut fields = body.fields();
+        while let Ok(Some(field)) = fields.next() {
+            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+            let key = match field.type_() {
+                b'C' => {
+                    e.code = value;
+                    continue;
+                }
+                b'M' => {
+                    e.message = value;
+                    continue;
+                }
+                b'S' => {
+                    e.severity = value;
+                    continue;
+                }
+                b'P' => {
+                    e.position = value.parse().ok();
+                    continue;
+                }
+                b'D' => "detail",
+                b'H' => "hint",
+                b's' => "schema",
+                b't' => "table",
+                b'c' => "column",
+                b'n' => "constraint",
+                b'W' => "where",
+                _ => continue,
+            };
+            e.optional.push((key, value));
+        }
+        e
+    }
+
+    fn write_wire(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"code\":");
+        write_json_str(out, &self.code);
+        out.extend_from_slice(b",\"message\":");
+        write_json_str(out, &self.message);
+        out.extend_from_slice(b",\"severity\":");
+        write_json_str(out, &self.severity);
+        for (key, value) in &self.optional {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_json_str(out, value);
+        }
+        if let Some(pos) = self.position {
+            out.extend_from_slice(b",\"position\":");
+            out.extend_from_slice(itoa::Buffer::new().format(pos).as_bytes());
+        }
+        out.push(b'}');
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} ({})", self.severity, self.message, self.code)
+    }
 }
 
 fn write_db_error(out: &mut Vec<u8>, db: &DbError, at: Option<&BatchPosition>) {

@@ -1,5 +1,6 @@
-//! Grouped pipelines: many executions of one read-only statement with one Sync per group of
-//! statements instead of one per statement.
+//! Grouped pipelines: many executions of one statement with one Sync per group of statements
+//! instead of one per statement — a read-only statement outside a transaction, or any statement
+//! inside an `atomic` pipeline's own transaction.
 //!
 //! tokio-postgres ends every query with a Sync, and each Sync costs PostgreSQL a transaction
 //! commit plus a flush of its output (a send, and a wakeup of whoever reads it). For a pipeline
@@ -8,7 +9,8 @@
 //! itself, with one Sync per [`GROUP`] statements; rows come back as raw DataRow messages that
 //! are encoded straight to JSON later.
 //!
-//! Invariants that keep the answers identical to a Sync per statement:
+//! Invariants that keep the answers identical to a Sync per statement (outside a transaction;
+//! inside one, see [`Grouping::InTransaction`]):
 //! - Each group first makes its implicit transaction read-only
 //!   (`set_config('transaction_read_only', 'on', true)`), so nothing a statement does can be
 //!   undone by a neighbour's failure: a statement that would write fails instead.
@@ -36,7 +38,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::catalog::Entry;
-use crate::error::{Code, Error};
+use crate::error::{Code, Error, ServerError};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{run_statements, Outcome};
 use crate::pg::socket::Borrowed;
@@ -59,6 +61,17 @@ const QUERY_CANCELED: &str = "57014";
 /// SQLSTATE of "cached plan must not change result type" (the schema changed).
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
 
+/// How a burst's groups relate to transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Outside a transaction: each group is its own read-only implicit transaction, and a
+    /// statement that fails (or is skipped) in a group runs again on its own.
+    ReadOnly,
+    /// Inside an `atomic` pipeline's transaction, any statement: the first failure aborts the
+    /// transaction, so it is the answer and nothing runs again.
+    InTransaction,
+}
+
 /// Whether a pipeline of this statement may be grouped: it must read (a statement that turns
 /// out to write only costs a fallback) and leave no session state behind.
 pub fn eligible(class: &Classified) -> bool {
@@ -70,7 +83,8 @@ pub fn eligible(class: &Classified) -> bool {
 }
 
 /// Runs `stmt` once per parameter list on `conn`, grouped; answers in order. `stmt` must be
-/// prepared on `conn`, and the caller must hold `conn` alone, outside a transaction.
+/// prepared on `conn`, and the caller must hold `conn` alone: outside a transaction for
+/// [`Grouping::ReadOnly`], inside the atomic pipeline's transaction for the other.
 pub async fn run(
     conn: &PgConn,
     entry: &Arc<Entry>,
@@ -78,6 +92,7 @@ pub async fn run(
     params: &[Vec<TextParam>],
     keep_rows: bool,
     counters: &GroupedCounters,
+    grouping: Grouping,
 ) -> Vec<Result<Outcome, Error>> {
     if params.is_empty() {
         return Vec::new();
@@ -85,7 +100,7 @@ pub async fn run(
     counters
         .statements
         .fetch_add(params.len() as u64, Ordering::Relaxed);
-    let mut slots = match run_grouped(conn, entry, stmt, params, keep_rows).await {
+    let mut slots = match run_grouped(conn, entry, stmt, params, keep_rows, grouping).await {
         Ok(slots) => slots,
         Err(e) => {
             conn.mark_broken();
@@ -157,6 +172,7 @@ async fn run_grouped(
     stmt: &Statement,
     params: &[Vec<TextParam>],
     keep_rows: bool,
+    grouping: Grouping,
 ) -> Result<Vec<Slot>, Error> {
     let (name, to_close, parse) = {
         let mut burst = conn.burst_statements();
@@ -172,11 +188,11 @@ async fn run_grouped(
         frontend::parse(&name, &entry.sql, types, &mut out).map_err(protocol)?;
         frontend::describe(b'S', &name, &mut out).map_err(protocol)?;
     }
-    encode(&mut out, &name, params)?;
+    encode(&mut out, &name, params, grouping == Grouping::ReadOnly)?;
     conn.client.simple_query("").await?;
     let mut settled = Settled { conn, clean: false };
     let socket = conn.socket.borrow();
-    let mut reader = Reader::new(stmt, params.len(), keep_rows);
+    let mut reader = Reader::new(stmt, params.len(), keep_rows, grouping);
     let write = async {
         (&socket).write_all(&out).await.map_err(lost)?;
         (&socket).flush().await.map_err(lost)
@@ -197,8 +213,18 @@ async fn run_grouped(
     drop(burst);
     let mut slots = reader.slots;
     if reader.described == Some(false) || reader.stale {
-        // Rows of another shape than the statement's columns: run everything the usual way.
-        slots.iter_mut().for_each(|s| *s = Slot::Redo);
+        // Rows of another shape than the statement's columns: run everything the usual way
+        // (inside a transaction, PostgreSQL has aborted it already).
+        for slot in &mut slots {
+            *slot = match grouping {
+                Grouping::ReadOnly => Slot::Redo,
+                Grouping::InTransaction if matches!(slot, Slot::Done(Err(_))) => continue,
+                Grouping::InTransaction => Slot::Done(Err(Error::new(
+                    Code::TransactionAborted,
+                    "the statement changed shape during the pipeline (schema change): run it again",
+                ))),
+            };
+        }
     }
     Ok(slots)
 }
@@ -217,14 +243,21 @@ fn protocol(what: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Every group: make it read-only, Bind/Execute each statement, Sync.
-fn encode(buf: &mut BytesMut, name: &str, params: &[Vec<TextParam>]) -> Result<(), Error> {
+/// Every group: make it read-only (when asked), Bind/Execute each statement, Sync.
+fn encode(
+    buf: &mut BytesMut,
+    name: &str,
+    params: &[Vec<TextParam>],
+    read_only: bool,
+) -> Result<(), Error> {
     let per = params.first().map_or(0, |p| p.iter().map(param_len).sum()) + 48;
     buf.reserve(params.len() * per + params.len() / GROUP * 96 + 96);
     for group in params.chunks(GROUP) {
-        frontend::parse("", READ_ONLY, std::iter::empty(), buf).map_err(protocol)?;
-        bind(buf, "", &[], false)?;
-        frontend::execute("", 0, buf).map_err(protocol)?;
+        if read_only {
+            frontend::parse("", READ_ONLY, std::iter::empty(), buf).map_err(protocol)?;
+            bind(buf, "", &[], false)?;
+            frontend::execute("", 0, buf).map_err(protocol)?;
+        }
         for p in group {
             bind(buf, name, p, true)?;
             frontend::execute("", 0, buf).map_err(protocol)?;
@@ -266,6 +299,7 @@ fn bind(buf: &mut BytesMut, stmt: &str, params: &[TextParam], binary: bool) -> R
 /// Follows PostgreSQL's answers group by group and fills the slots.
 struct Reader<'a> {
     stmt: &'a Statement,
+    grouping: Grouping,
     /// Whether the statement this burst prepared was described as `stmt` is (None: not
     /// prepared here, or the prepare failed).
     described: Option<bool>,
@@ -282,18 +316,19 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(stmt: &'a Statement, n: usize, keep_rows: bool) -> Reader<'a> {
+    fn new(stmt: &'a Statement, n: usize, keep_rows: bool, grouping: Grouping) -> Reader<'a> {
         let mut slots = Vec::with_capacity(n);
         slots.resize_with(n, || Slot::Pending);
         Reader {
             stmt,
+            grouping,
             described: None,
             stale: false,
             slots,
             keep_rows,
             next: 0,
             group_end: n.min(GROUP),
-            ready: false,
+            ready: grouping == Grouping::InTransaction,
             rows: Vec::new(),
         }
     }
@@ -360,6 +395,23 @@ impl<'a> Reader<'a> {
                 if code == FEATURE_NOT_SUPPORTED {
                     self.stale = true;
                 }
+                if self.grouping == Grouping::InTransaction {
+                    // The transaction is aborted: this is the answer, and PostgreSQL skips
+                    // the rest of the group (later groups fail with 25P02 on their own).
+                    if self.next < self.group_end {
+                        let error = Error::Server(Box::new(ServerError::parse(&body)));
+                        self.slots[self.next] = Slot::Done(Err(error));
+                        self.next += 1;
+                    }
+                    for slot in &mut self.slots[self.next..self.group_end] {
+                        *slot = Slot::Done(Err(Error::new(
+                            Code::TransactionAborted,
+                            "not run: an earlier statement of the transaction failed",
+                        )));
+                    }
+                    self.next = self.group_end;
+                    return Ok(false);
+                }
                 if self.ready && self.next < self.group_end && code == QUERY_CANCELED {
                     self.slots[self.next] = Slot::Done(Err(Error::new(
                         Code::Timeout,
@@ -381,7 +433,7 @@ impl<'a> Reader<'a> {
                     return Ok(true);
                 }
                 self.group_end = (self.next + GROUP).min(self.slots.len());
-                self.ready = false;
+                self.ready = self.grouping == Grouping::InTransaction;
             }
             _ => return Err(protocol("a message the pipeline did not ask for")),
         }
@@ -452,7 +504,7 @@ mod tests {
             })
             .collect();
         let mut buf = BytesMut::new();
-        encode(&mut buf, "s1", &params).unwrap();
+        encode(&mut buf, "s1", &params, true).unwrap();
         let mut counts = std::collections::HashMap::new();
         let mut at = 0;
         while at < buf.len() {

@@ -1,7 +1,8 @@
 //! Grouped pipelines (`pg::burst`): a pipeline of a read-only statement runs with one Sync per
 //! group on a borrowed socket. Each test checks that the answers are exactly those of a Sync per
 //! statement: a failure mid-group, a SELECT whose function writes, a schema change between two
-//! pipelines, a timeout, and a pooled connection that still serves tokio-postgres afterwards.
+//! pipelines, a timeout, a pooled connection that still serves tokio-postgres afterwards, and
+//! atomic pipelines (grouped inside their own transaction).
 
 use std::time::{Duration, Instant};
 
@@ -182,4 +183,52 @@ async fn grouped_and_single_statements_share_connections_over_the_unix_socket() 
         )
         .await;
     assert_eq!(backends, 1, "the pool of one kept its one connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_pipeline_is_grouped_inside_its_transaction() {
+    let db = TestDb::new().await;
+    db.setup("CREATE TABLE t (id int CONSTRAINT t_pkey PRIMARY KEY, note text)")
+        .await;
+    let daemon = db.daemon().await;
+    let mut c = daemon.connected().await;
+    let insert = "INSERT INTO t VALUES ($1::int, 'n' || $1::int) RETURNING id";
+
+    // All succeed: every row stays, each result is its own RETURNING row.
+    let batch: Vec<Value> = (0..N).map(|i| json!([i])).collect();
+    let r = c
+        .call_ok(json!({"op": "pipeline", "sql": insert, "params_batch": batch, "atomic": true}))
+        .await;
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), N);
+    assert_eq!(results[N - 1]["rows"], json!([[N - 1]]));
+    assert_eq!(results[0]["command"], json!("INSERT 0 1"));
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, N as i64);
+
+    // A duplicate in the second group: PostgreSQL's own error with its fields, the position in
+    // the batch and the counts of a Sync per statement; nothing of the batch stays.
+    let batch: Vec<Value> = (N..2 * N)
+        .map(|i| json!([if i == N + 300 { 7 } else { i }]))
+        .collect();
+    let e = c
+        .call_err(json!({"op": "pipeline", "sql": insert, "params_batch": batch, "atomic": true}))
+        .await;
+    assert_eq!(e["code"], json!("23505"), "{e}");
+    assert_eq!(e["constraint"], json!("t_pkey"), "{e}");
+    assert_eq!(e["table"], json!("t"), "{e}");
+    assert!(
+        e["detail"].as_str().is_some_and(|d| d.contains("(id)=(7)")),
+        "{e}"
+    );
+    assert_eq!(e["severity"], json!("ERROR"), "{e}");
+    assert_eq!(e["index"], json!(300), "{e}");
+    assert_eq!(e["succeeded"], json!(300), "{e}");
+    assert_eq!(e["failed"], json!(N - 300), "{e}");
+    assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, N as i64);
+
+    // The connection is back to normal afterwards.
+    assert_eq!(
+        c.scalar("SELECT count(*) FROM t", json!([])).await,
+        json!(N)
+    );
 }

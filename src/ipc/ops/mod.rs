@@ -172,7 +172,7 @@ pub async fn run_sql(
     };
     if let (Err(e), Some(failed)) = (&result, failed) {
         // Any error PostgreSQL saw inside a transaction may have aborted it; commit checks.
-        if e.db_error().is_some() || e.code() == Code::Timeout.as_str() {
+        if e.from_server() || e.code() == Code::Timeout.as_str() {
             *failed = true;
         }
     }

@@ -15,7 +15,7 @@ use crate::catalog::Entry;
 use crate::error::{BatchPosition, Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, Target};
-use crate::pg::burst;
+use crate::pg::burst::{self, Grouping};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
     convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields,
@@ -65,8 +65,12 @@ pub async fn pipeline(
     conns.extend(extra.iter().map(|c| &**c));
 
     open_atomic(conns[0], atomic, in_transaction).await?;
-    let grouped =
-        (!in_transaction && !atomic && burst::eligible(&entry.class)).then_some(&up.grouped);
+    let grouped = match (in_transaction, atomic) {
+        (false, false) if burst::eligible(&entry.class) => Some((&up.grouped, Grouping::ReadOnly)),
+        // An atomic pipeline's own transaction: any statement, the first failure is final.
+        (false, true) => Some((&up.grouped, Grouping::InTransaction)),
+        _ => None,
+    };
     let mut results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
     let stale: Vec<bool> = results
         .iter()
@@ -248,7 +252,7 @@ async fn run_spread(
     conns: &[&PgConn],
     texts: &[Vec<TextParam>],
     keep_rows: bool,
-    grouped: Option<&GroupedCounters>,
+    grouped: Option<(&GroupedCounters, Grouping)>,
 ) -> Vec<Result<Outcome, Error>> {
     let per = texts.len().div_ceil(conns.len().max(1)).max(1);
     let chunks = conns
@@ -256,8 +260,8 @@ async fn run_spread(
         .zip(texts.chunks(per))
         .map(|(c, part)| async move {
             let results = match (c.statement(entry).await, grouped) {
-                (Ok(stmt), Some(counters)) if part.len() >= burst::MIN_STATEMENTS => {
-                    burst::run(c, entry, &stmt, part, keep_rows, counters).await
+                (Ok(stmt), Some((counters, grouping))) if part.len() >= burst::MIN_STATEMENTS => {
+                    burst::run(c, entry, &stmt, part, keep_rows, counters, grouping).await
                 }
                 (Ok(stmt), _) => run_pipelined(&c.client, &stmt, part, keep_rows).await,
                 (Err(e), _) => {

@@ -131,7 +131,7 @@ pub async fn abandon(mut tx: Tx) {
 async fn finish(tx: &mut Tx, sql: &str) -> Result<(), Error> {
     if let Err(e) = tx.conn.client.batch_execute(sql).await {
         let e = Error::from(e);
-        if e.db_error().is_some() {
+        if e.from_server() {
             // PostgreSQL ends the transaction when COMMIT fails (serialization failure,
             // deferred constraint); the connection itself is fine once reset.
             tx.conn.reset_session().await?;
