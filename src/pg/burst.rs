@@ -60,6 +60,8 @@ const READ_ONLY: &str = "SELECT set_config('transaction_read_only', 'on', true)"
 const QUERY_CANCELED: &str = "57014";
 /// SQLSTATE of "cached plan must not change result type" (the schema changed).
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// SQLSTATE of "prepared statement does not exist" (someone ran DEALLOCATE).
+const INVALID_STATEMENT_NAME: &str = "26000";
 
 /// How a burst's groups relate to transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,7 +305,7 @@ struct Reader<'a> {
     /// Whether the statement this burst prepared was described as `stmt` is (None: not
     /// prepared here, or the prepare failed).
     described: Option<bool>,
-    /// PostgreSQL said the prepared statement no longer matches the schema.
+    /// PostgreSQL said the prepared statement no longer matches the schema, or is gone.
     stale: bool,
     slots: Vec<Slot>,
     keep_rows: bool,
@@ -392,7 +394,7 @@ impl<'a> Reader<'a> {
             Message::ErrorResponse(body) => {
                 self.rows.clear();
                 let code = sqlstate(&body);
-                if code == FEATURE_NOT_SUPPORTED {
+                if code == FEATURE_NOT_SUPPORTED || code == INVALID_STATEMENT_NAME {
                     self.stale = true;
                 }
                 if self.grouping == Grouping::InTransaction {

@@ -232,3 +232,20 @@ async fn an_atomic_pipeline_is_grouped_inside_its_transaction() {
         json!(N)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_deallocated_behind_the_daemons_back_are_prepared_again() {
+    let db = TestDb::new().await;
+    let daemon = db.daemon_with(|cfg| cfg.upstreams[0].pool_max = 1).await;
+    let mut c = daemon.connected().await;
+    let batch: Vec<Value> = (0..300).map(|i| json!([i])).collect();
+    let pipeline =
+        json!({"op": "pipeline", "sql": "SELECT $1::int + 1 AS n", "params_batch": batch});
+    for round in 0..3 {
+        let r = c.call_ok(pipeline.clone()).await;
+        assert_eq!(r["results"][299]["rows"], json!([[300]]), "round {round}");
+        // The pool's one connection loses every prepared statement, the grouped ones included.
+        c.call_ok(json!({"op": "execute", "sql": "DEALLOCATE ALL"}))
+            .await;
+    }
+}
