@@ -105,6 +105,9 @@ pub struct Request<'a> {
     pub count_only: Option<bool>,
     /// `pipeline`: send the columns once at the top instead of in every result.
     pub compact: Option<bool>,
+    /// `pipeline`: answer with one list per field (`rows`, `rows_affected`, `commands`)
+    /// instead of one object per statement; implies `compact`.
+    pub columnar: Option<bool>,
     pub atomic: Option<bool>,
     #[serde(borrow)]
     pub statements: Option<Vec<StatementSpec<'a>>>,

@@ -45,6 +45,22 @@ async fn a_failure_mid_group_reports_the_same_index_and_counts() {
         assert_eq!(result["command"], json!("SELECT 1"), "result {i}");
     }
     assert_eq!(r["columns"], json!([{"name": "q", "type": "int4"}]));
+
+    // The same pipeline, answered column by column: one list per field.
+    let batch: Vec<Value> = (1..=N).map(|i| json!([i])).collect();
+    let r = c
+        .call_ok(json!({"op": "pipeline", "sql": "SELECT 1000 / $1::int AS q", "params_batch": batch, "columnar": true}))
+        .await;
+    assert!(r.get("results").is_none(), "{r}");
+    assert_eq!(r["columns"], json!([{"name": "q", "type": "int4"}]));
+    let (rows, affected, commands) = (&r["rows"], &r["rows_affected"], &r["commands"]);
+    assert_eq!(rows.as_array().map(Vec::len), Some(N));
+    assert_eq!(affected.as_array().map(Vec::len), Some(N));
+    assert_eq!(commands.as_array().map(Vec::len), Some(N));
+    assert_eq!(rows[0], json!([[1000]]));
+    assert_eq!(rows[N - 1], json!([[1000 / N]]));
+    assert_eq!(affected[7], json!(1));
+    assert_eq!(commands[7], json!("SELECT 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,9 +111,13 @@ def resolve_socket_path(
 
 def recv_exact(sock: socket.socket, n: int) -> bytearray:
     """Reads exactly ``n`` bytes; raises :class:`EOFError` if the peer closes first."""
-    buf = bytearray(n)
+    return _recv_rest(sock, bytearray(n), 0)
+
+
+def _recv_rest(sock: socket.socket, buf: bytearray, got: int) -> bytearray:
+    """Fills ``buf`` from offset ``got`` on; raises :class:`EOFError` if the peer closes first."""
     view = memoryview(buf)
-    got = 0
+    n = len(buf)
     recv_into = sock.recv_into
     while got < n:
         k = recv_into(view[got:], n - got)
@@ -194,14 +198,7 @@ class FrameReader:
         big = bytearray(length)
         big[:have] = self._view[body_start : self._end]
         self._start = self._end = 0
-        view = memoryview(big)
-        recv_into = sock.recv_into
-        while have < length:
-            k = recv_into(view[have:], length - have)
-            if k == 0:
-                raise EOFError("the daemon closed the connection")
-            have += k
-        return decode_body(big)
+        return decode_body(_recv_rest(sock, big, have))
 
     def _fill(self, sock: socket.socket) -> None:
         if self._start and self._end == len(self._buf):

@@ -222,6 +222,8 @@ class _Base:
 
     def _pipeline_results(self, answer: Dict[str, Any]) -> List[Result]:
         """The results of a compact ``pipeline`` answer (columns sent once, at the top)."""
+        if "commands" in answer:
+            return self._columnar_results(answer)
         results = answer.get("results") or ()
         if "columns" not in answer:
             return [self._result(r) for r in results]
@@ -235,6 +237,33 @@ class _Base:
         with gc_paused(len(results) >= 1000):
             self._fill_results(results, columns, types, decode, make, append)
         return out
+
+    def _columnar_results(self, answer: Dict[str, Any]) -> List[Result]:
+        """The results of a ``columnar`` pipeline answer: ``rows``, ``rows_affected`` and
+        ``commands`` lists, one entry per statement."""
+        columns = _columns(answer)
+        types = [c.type for c in columns]
+        decode = not self.raw and any(decoder_for(t) is not None for t in types)
+        factory = self.row_factory
+        make = None if factory is tuple_row else factory(columns)
+        all_rows = answer.get("rows") or ()
+        with gc_paused(len(all_rows) >= 1000):
+            if decode:
+                for rows in all_rows:
+                    decode_rows(types, rows)
+            if make is None:
+                built = [list(map(tuple, rows)) for rows in all_rows]
+            else:
+                built = [[make(row) for row in rows] for rows in all_rows]
+            return list(
+                map(
+                    Result,
+                    [columns] * len(built),
+                    built,
+                    answer.get("commands") or (),
+                    answer.get("rows_affected") or (),
+                )
+            )
 
     @staticmethod
     def _fill_results(
@@ -266,8 +295,8 @@ class _Base:
         if count_only:
             message["count_only"] = True
         else:
-            # Columns once for the whole answer instead of once per result.
-            message["compact"] = True
+            # Columns once, and one list per field instead of one object per statement.
+            message["columnar"] = True
         if atomic:
             message["atomic"] = True
         return message

@@ -159,10 +159,10 @@ def _daemon_binary() -> str:
     explicit = os.environ.get("QAIL_DAEMON_BIN")
     if explicit:
         return explicit
-    binary = REPO / "target" / "debug" / "qail-daemon"
-    if not binary.exists():
-        subprocess.run(["cargo", "build"], cwd=REPO, check=True, timeout=3600)
-    return str(binary)
+    # Always through cargo: a no-op when the binary is current, and never a stale daemon.
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "qail-daemon"], cwd=REPO, check=True,
+                   timeout=3600)
+    return str(REPO / "target" / "debug" / "qail-daemon")
 
 
 class Daemon:

@@ -19,10 +19,10 @@ use crate::pg::burst::{self, Grouping};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
     convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields,
-    write_result_fields, Outcome,
+    write_result_fields, write_rows, Outcome,
 };
 use crate::upstream::{GroupedCounters, Upstream};
-use crate::values::TextParam;
+use crate::values::{write_json_str, TextParam};
 
 use super::statements::missing;
 
@@ -110,6 +110,10 @@ pub async fn pipeline(
     }
     let mut columns = Vec::with_capacity(64);
     write_columns(&mut columns, stmt.columns());
+    if req.columnar.unwrap_or(false) {
+        reply.key("columns").extend_from_slice(&columns);
+        return write_columnar(reply, &entry, stmt.columns(), &results);
+    }
     let compact = req.compact.unwrap_or(false);
     if compact {
         reply.key("columns").extend_from_slice(&columns);
@@ -131,6 +135,47 @@ pub async fn pipeline(
             }
         }
         out.push(b'}');
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// The results of a successful pipeline as three lists — `rows`, `rows_affected` and
+/// `commands`, one entry per statement — which a client decodes with far fewer objects than
+/// one `{rows, command, rows_affected}` object per statement.
+fn write_columnar(
+    reply: &mut Reply,
+    entry: &Entry,
+    columns: &[tokio_postgres::Column],
+    results: &[Result<Outcome, Error>],
+) -> Result<(), Error> {
+    let outcomes = || results.iter().filter_map(|r| r.as_ref().ok());
+    let out = reply.key("rows");
+    out.reserve(results.len() * 48);
+    out.push(b'[');
+    for (i, outcome) in outcomes().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_rows(out, outcome, columns)?;
+    }
+    out.push(b']');
+    let out = reply.key("rows_affected");
+    out.push(b'[');
+    for (i, outcome) in outcomes().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(outcome.affected).as_bytes());
+    }
+    out.push(b']');
+    let out = reply.key("commands");
+    out.push(b'[');
+    for (i, outcome) in outcomes().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, &entry.class.tag(outcome.affected));
     }
     out.push(b']');
     Ok(())
