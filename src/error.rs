@@ -137,18 +137,12 @@ impl Error {
     /// A prepared statement went stale on its connection (schema change, or the statement was
     /// deallocated); preparing it again and retrying once is safe.
     pub fn is_stale_statement(&self) -> bool {
-        if let Error::Server(e) = self {
-            return (e.code == "0A000"
-                && e.message
-                    .contains("cached plan must not change result type"))
-                || e.code == "26000";
-        }
-        match self.db_error() {
-            Some(db) if *db.code() == SqlState::FEATURE_NOT_SUPPORTED => db
-                .message()
-                .contains("cached plan must not change result type"),
-            Some(db) => *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME,
-            None => false,
+        match self {
+            Error::Server(e) => e.is_stale_statement(),
+            Error::InBatch { inner, .. } => inner.is_stale_statement(),
+            _ => self
+                .db_error()
+                .is_some_and(|db| stale_statement(db.code().code(), db.message())),
         }
     }
 
@@ -234,7 +228,20 @@ pub struct ServerError {
     pub position: Option<u32>,
 }
 
+/// "cached plan must not change result type" (the schema changed) or "prepared statement does
+/// not exist" (someone ran DEALLOCATE).
+fn stale_statement(code: &str, message: &str) -> bool {
+    (code == SqlState::FEATURE_NOT_SUPPORTED.code()
+        && message.contains("cached plan must not change result type"))
+        || code == SqlState::INVALID_SQL_STATEMENT_NAME.code()
+}
+
 impl ServerError {
+    /// See [`Error::is_stale_statement`].
+    pub fn is_stale_statement(&self) -> bool {
+        stale_statement(&self.code, &self.message)
+    }
+
     /// Reads an ErrorResponse's fields.
     pub fn parse(body: &postgres_protocol::message::backend::ErrorResponseBody) -> ServerError {
         use fallible_iterator::FallibleIterator;

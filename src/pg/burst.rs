@@ -28,7 +28,7 @@ use std::pin::Pin;
 
 use bytes::{BufMut, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::message::backend::{ErrorResponseBody, Message};
+use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_protocol::IsNull;
 use tokio::io::AsyncWriteExt;
@@ -58,10 +58,6 @@ const READ_ONLY: &str = "SELECT set_config('transaction_read_only', 'on', true)"
 
 /// SQLSTATE of a statement cancelled by a cancel request.
 const QUERY_CANCELED: &str = "57014";
-/// SQLSTATE of "cached plan must not change result type" (the schema changed).
-const FEATURE_NOT_SUPPORTED: &str = "0A000";
-/// SQLSTATE of "prepared statement does not exist" (someone ran DEALLOCATE).
-const INVALID_STATEMENT_NAME: &str = "26000";
 
 /// How a burst's groups relate to transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,16 +389,13 @@ impl<'a> Reader<'a> {
             Message::EmptyQueryResponse => self.complete(0)?,
             Message::ErrorResponse(body) => {
                 self.rows.clear();
-                let code = sqlstate(&body);
-                if code == FEATURE_NOT_SUPPORTED || code == INVALID_STATEMENT_NAME {
-                    self.stale = true;
-                }
+                let error = ServerError::parse(&body);
+                self.stale |= error.is_stale_statement();
                 if self.grouping == Grouping::InTransaction {
                     // The transaction is aborted: this is the answer, and PostgreSQL skips
                     // the rest of the group (later groups fail with 25P02 on their own).
                     if self.next < self.group_end {
-                        let error = Error::Server(Box::new(ServerError::parse(&body)));
-                        self.slots[self.next] = Slot::Done(Err(error));
+                        self.slots[self.next] = Slot::Done(Err(Error::Server(Box::new(error))));
                         self.next += 1;
                     }
                     for slot in &mut self.slots[self.next..self.group_end] {
@@ -414,7 +407,7 @@ impl<'a> Reader<'a> {
                     self.next = self.group_end;
                     return Ok(false);
                 }
-                if self.ready && self.next < self.group_end && code == QUERY_CANCELED {
+                if self.ready && self.next < self.group_end && error.code == QUERY_CANCELED {
                     self.slots[self.next] = Slot::Done(Err(Error::new(
                         Code::Timeout,
                         "statement cancelled by PostgreSQL (SQLSTATE 57014)",
@@ -459,16 +452,6 @@ impl<'a> Reader<'a> {
         self.next += 1;
         Ok(())
     }
-}
-
-fn sqlstate(body: &ErrorResponseBody) -> String {
-    let mut fields = body.fields();
-    while let Ok(Some(field)) = fields.next() {
-        if field.type_() == b'C' {
-            return String::from_utf8_lossy(field.value_bytes()).into_owned();
-        }
-    }
-    String::new()
 }
 
 #[cfg(test)]

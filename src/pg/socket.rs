@@ -152,6 +152,22 @@ impl Shared {
         self.sock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.sock()).poll_read(cx, buf)
+    }
+
+    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.sock()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.sock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.sock()).poll_shutdown(cx)
+    }
+
     /// Whether tokio-postgres must wait; registers its waker when so.
     fn park(&self, cx: &mut Context<'_>) -> bool {
         if !self.borrowed.load(Ordering::SeqCst) {
@@ -195,7 +211,7 @@ impl AsyncRead for &Borrowed<'_> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.sock()).poll_read(cx, buf)
+        self.0.poll_read(cx, buf)
     }
 }
 
@@ -205,15 +221,15 @@ impl AsyncWrite for &Borrowed<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.sock()).poll_write(cx, buf)
+        self.0.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.sock()).poll_flush(cx)
+        self.0.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.sock()).poll_shutdown(cx)
+        self.0.poll_shutdown(cx)
     }
 }
 
@@ -236,7 +252,7 @@ impl AsyncRead for PgStream {
         if self.0.park(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut *self.0.sock()).poll_read(cx, buf)
+        self.0.poll_read(cx, buf)
     }
 }
 
@@ -249,18 +265,18 @@ impl AsyncWrite for PgStream {
         if self.0.park(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut *self.0.sock()).poll_write(cx, buf)
+        self.0.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.0.park(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut *self.0.sock()).poll_flush(cx)
+        self.0.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.sock()).poll_shutdown(cx)
+        self.0.poll_shutdown(cx)
     }
 }
 

@@ -221,32 +221,36 @@ class _Base:
         return Result(columns, rows, response.get("command", ""), _rows_affected(response))
 
     def _pipeline_results(self, answer: Dict[str, Any]) -> List[Result]:
-        """The results of a compact ``pipeline`` answer (columns sent once, at the top)."""
+        """The results of a ``pipeline`` answer: ``columnar`` (``rows``, ``rows_affected`` and
+        ``commands`` lists), ``compact`` (columns once, then one object per statement), or one
+        full result object per statement."""
         if "commands" in answer:
-            return self._columnar_results(answer)
+            return self._build_results(
+                answer,
+                answer.get("rows") or (),
+                answer.get("commands") or (),
+                answer.get("rows_affected") or (),
+            )
         results = answer.get("results") or ()
         if "columns" not in answer:
             return [self._result(r) for r in results]
-        columns = _columns(answer)
-        types = [c.type for c in columns]
-        decode = not self.raw and any(decoder_for(t) is not None for t in types)
-        factory = self.row_factory
-        make = None if factory is tuple_row else factory(columns)
-        out: List[Result] = []
-        append = out.append
-        with gc_paused(len(results) >= 1000):
-            self._fill_results(results, columns, types, decode, make, append)
-        return out
+        return self._build_results(
+            answer,
+            [r.get("rows") or [] for r in results],
+            [r.get("command", "") for r in results],
+            [_rows_affected(r) if r.get("rows_affected") is None else r["rows_affected"]
+             for r in results],
+        )
 
-    def _columnar_results(self, answer: Dict[str, Any]) -> List[Result]:
-        """The results of a ``columnar`` pipeline answer: ``rows``, ``rows_affected`` and
-        ``commands`` lists, one entry per statement."""
+    def _build_results(
+        self, answer: Dict[str, Any], all_rows: Any, commands: Any, affected: Any
+    ) -> List[Result]:
+        """One :class:`Result` per statement, rows made by the row factory."""
         columns = _columns(answer)
         types = [c.type for c in columns]
         decode = not self.raw and any(decoder_for(t) is not None for t in types)
         factory = self.row_factory
         make = None if factory is tuple_row else factory(columns)
-        all_rows = answer.get("rows") or ()
         with gc_paused(len(all_rows) >= 1000):
             if decode:
                 for rows in all_rows:
@@ -255,27 +259,7 @@ class _Base:
                 built = [list(map(tuple, rows)) for rows in all_rows]
             else:
                 built = [[make(row) for row in rows] for rows in all_rows]
-            return list(
-                map(
-                    Result,
-                    [columns] * len(built),
-                    built,
-                    answer.get("commands") or (),
-                    answer.get("rows_affected") or (),
-                )
-            )
-
-    @staticmethod
-    def _fill_results(
-        results: Any, columns: List[Column], types: List[str], decode: bool, make: Any, append: Any
-    ) -> None:
-        for r in results:
-            rows = r.get("rows") or []
-            if decode:
-                decode_rows(types, rows)
-            rows = list(map(tuple, rows)) if make is None else [make(row) for row in rows]
-            n = r.get("rows_affected")
-            append(Result(columns, rows, r.get("command", ""), _rows_affected(r) if n is None else n))
+            return list(map(Result, [columns] * len(built), built, commands, affected))
 
     @staticmethod
     def _statement_message(op: str, statement: Statement, params: Params = ()) -> Dict[str, Any]:

@@ -152,30 +152,29 @@ fn write_columnar(
     let outcomes = || results.iter().filter_map(|r| r.as_ref().ok());
     let out = reply.key("rows");
     out.reserve(results.len() * 48);
+    write_list(out, outcomes(), |out, o| write_rows(out, o, columns))?;
+    write_list(reply.key("rows_affected"), outcomes(), |out, o| {
+        out.extend_from_slice(itoa::Buffer::new().format(o.affected).as_bytes());
+        Ok(())
+    })?;
+    write_list(reply.key("commands"), outcomes(), |out, o| {
+        write_json_str(out, &entry.class.tag(o.affected));
+        Ok(())
+    })
+}
+
+/// `[a,b,...]`, each item written by `write`.
+fn write_list<T>(
+    out: &mut Vec<u8>,
+    items: impl Iterator<Item = T>,
+    mut write: impl FnMut(&mut Vec<u8>, T) -> Result<(), Error>,
+) -> Result<(), Error> {
     out.push(b'[');
-    for (i, outcome) in outcomes().enumerate() {
+    for (i, item) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_rows(out, outcome, columns)?;
-    }
-    out.push(b']');
-    let out = reply.key("rows_affected");
-    out.push(b'[');
-    for (i, outcome) in outcomes().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(itoa::Buffer::new().format(outcome.affected).as_bytes());
-    }
-    out.push(b']');
-    let out = reply.key("commands");
-    out.push(b'[');
-    for (i, outcome) in outcomes().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_json_str(out, &entry.class.tag(outcome.affected));
+        write(out, item)?;
     }
     out.push(b']');
     Ok(())
