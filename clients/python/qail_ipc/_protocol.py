@@ -53,6 +53,27 @@ def _std_dumps(obj: Any) -> bytes:
     return _std_encode(obj).encode("utf-8")
 
 
+_std_scan = json.scanner.make_scanner(json.JSONDecoder())
+
+
+def _std_loads(body: Any) -> Any:
+    """``json.loads`` for a frame body, without its per-call encoding detection.
+
+    ``json.loads`` of ``bytes`` first guesses the encoding in Python code, which costs more
+    than decoding a small answer itself. Frames are UTF-8 by definition, so the body is
+    decoded directly and handed to the C scanner; anything it does not take whole (leading
+    or trailing whitespace, invalid JSON) goes through ``json.loads`` for its exact error.
+    """
+    text = body.decode("utf-8") if not isinstance(body, str) else body
+    try:
+        obj, end = _std_scan(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return obj
+
+
 try:  # pragma: no cover - which branch runs depends on the environment
     import orjson as _orjson
 
@@ -70,7 +91,7 @@ try:  # pragma: no cover - which branch runs depends on the environment
     JSON_CODEC = "orjson"
 except ImportError:  # pragma: no cover
     dumps = _std_dumps
-    loads = json.loads
+    loads = _std_loads
     JSON_CODEC = "json"
 
 
@@ -160,7 +181,9 @@ def gc_paused(pause: bool = True) -> Iterator[None]:
 
 def decode_body(body: bytes) -> Any:
     """Decodes one frame body (JSON), pausing the garbage collector for large ones."""
-    with gc_paused(len(body) >= LARGE_FRAME):
+    if len(body) < LARGE_FRAME:
+        return loads(body)
+    with gc_paused():
         return loads(body)
 
 

@@ -16,7 +16,7 @@ import math
 import re
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 from uuid import UUID
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "Range",
     "decoder_for",
     "decode_rows",
+    "row_decoders",
+    "apply_decoders",
     "encode_param",
     "encode_params",
 ]
@@ -267,7 +269,18 @@ def decode_rows(
     types: Sequence[str], rows: List[List[Any]]
 ) -> List[List[Any]]:
     """Converts the values of ``rows`` in place by column type; returns ``rows``."""
-    decoders = [(i, d) for i, d in enumerate(map(decoder_for, types)) if d is not None]
+    return apply_decoders(row_decoders(types), rows)
+
+
+def row_decoders(types: Sequence[str]) -> List[Tuple[int, Decoder]]:
+    """``(column index, decoder)`` for each column whose values need converting."""
+    return [(i, d) for i, d in enumerate(map(decoder_for, types)) if d is not None]
+
+
+def apply_decoders(
+    decoders: Sequence[Tuple[int, Decoder]], rows: List[List[Any]]
+) -> List[List[Any]]:
+    """Converts the values of ``rows`` in place with :func:`row_decoders`' decoders."""
     if not decoders:
         return rows
     for row in rows:

@@ -33,7 +33,7 @@ from typing import (
 )
 
 from ._protocol import PROTOCOL, FrameReader, encode_frame, gc_paused, resolve_socket_path
-from ._values import decode_rows, decoder_for, encode_params
+from ._values import apply_decoders, decode_rows, decoder_for, encode_params, row_decoders
 from .errors import Error, InterfaceError, OperationalError, from_wire
 from .rows import Column, RowFactory, tuple_row
 
@@ -50,9 +50,12 @@ _ALL_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
 def _reinit_after_fork() -> None:
-    # A lock held by another thread at fork time would stay held forever in the child.
     for client in list(_ALL_CLIENTS):
+        # A lock held by another thread at fork time would stay held forever in the child.
         client._lock = threading.RLock()
+        # The socket belongs to the parent; the next request opens the child's own (checked
+        # here once rather than with a getpid() system call per request).
+        client._forked = True
 
 
 if hasattr(os, "register_at_fork"):
@@ -180,6 +183,8 @@ class _Base:
         self._next_id = 0
         self._in_transaction = False
         self._closed = False
+        # The last answer's raw ``columns`` and what was made of them (see _shape).
+        self._shape_memo: Optional[Tuple[Any, List[Column], List[Tuple[int, Any]]]] = None
 
     @property
     def closed(self) -> bool:
@@ -205,11 +210,25 @@ class _Base:
             message["timeout_ms"] = max(1, int(self.timeout * 1000))
         return self._next_id
 
+    def _shape(self, raw_columns: Any) -> Tuple[List[Column], List[Tuple[int, Any]]]:
+        """The :class:`Column` list and value decoders for an answer's ``columns``.
+
+        Answers to the same statement repeat the same columns, so the last ones are kept and
+        compared (one C-level list comparison) instead of being rebuilt for every answer.
+        """
+        memo = self._shape_memo
+        if memo is not None and memo[0] == raw_columns:
+            return memo[1], memo[2]
+        columns = [Column(c["name"], c["type"]) for c in raw_columns or ()]
+        decoders = row_decoders([c.type for c in columns])
+        self._shape_memo = (raw_columns, columns, decoders)
+        return columns, decoders
+
     def _make_rows(self, response: Dict[str, Any]) -> Tuple[List[Column], List[Any]]:
-        columns = _columns(response)
+        columns, decoders = self._shape(response.get("columns"))
         rows = response.get("rows") or []
-        if not self.raw:
-            decode_rows([c.type for c in columns], rows)
+        if decoders and not self.raw:
+            apply_decoders(decoders, rows)
         factory = self.row_factory
         if factory is tuple_row:
             return columns, list(map(tuple, rows))
@@ -218,7 +237,7 @@ class _Base:
 
     def _result(self, response: Dict[str, Any]) -> Result:
         columns, rows = self._make_rows(response)
-        return Result(columns, rows, response.get("command", ""), _rows_affected(response))
+        return Result(list(columns), rows, response.get("command", ""), _rows_affected(response))
 
     def _pipeline_results(self, answer: Dict[str, Any]) -> List[Result]:
         """The results of a ``pipeline`` answer: ``columnar`` (``rows``, ``rows_affected`` and
@@ -366,6 +385,7 @@ class Client(_Base):
         self._reader = FrameReader()
         self._poller: Optional[Any] = None
         self._pid = os.getpid()
+        self._forked = False
         self._lock = threading.RLock()
         _ALL_CLIENTS.add(self)
         with self._lock:
@@ -388,6 +408,7 @@ class Client(_Base):
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
         self._pid = os.getpid()
+        self._forked = False
         self._in_transaction = False
         try:
             answer = self._exchange(self._hello_message())
@@ -412,11 +433,55 @@ class Client(_Base):
         return bool(self._poller.poll(0))
 
     def _exchange(self, message: Dict[str, Any]) -> Dict[str, Any]:
-        """Sends one request and reads its answer. The lock must be held."""
-        response = self._exchange_all([message])[0]
+        """Sends one request and reads its answer. The lock must be held.
+
+        The path every ``query`` takes, so it does only what one request needs.
+        """
+        sock = self._sock
+        if sock is None:
+            raise InterfaceError("not connected")
+        request_id = self._stamp(message)
+        try:
+            sock.sendall(encode_frame(message))
+            response = self._reader.read(sock)
+        except BaseException as exc:
+            raise self._broken(exc, message, sock)
+        if response.get("id") != request_id:
+            self._out_of_step(request_id, response)
         if response.get("ok"):
             return response
         raise from_wire(response.get("error"))
+
+    def _broken(
+        self, exc: BaseException, message: Dict[str, Any], sock: socket.socket
+    ) -> BaseException:
+        """Drops the connection after an exchange failed half-way; returns what to raise."""
+        self._drop()
+        if isinstance(exc, socket.timeout):
+            err: BaseException = OperationalError(
+                "qail-daemon at %s did not answer %r within %.1f s"
+                % (self.path, message.get("op"), sock.gettimeout() or 0)
+            )
+            err.__suppress_context__ = True
+            return err
+        if isinstance(exc, (OSError, EOFError)):
+            err = OperationalError(
+                "lost the connection to qail-daemon at %s during %r: %s"
+                % (self.path, message.get("op"), exc)
+            )
+            err.__cause__ = exc
+            return err
+        # Interrupted half-way (KeyboardInterrupt, ...): the stream is out of step.
+        return exc
+
+    def _out_of_step(self, request_id: int, response: Dict[str, Any]) -> None:
+        """Raises for an answer whose id is not the request's."""
+        self._drop()
+        if response.get("ok") is False and response.get("id") is None:
+            raise from_wire(response.get("error"))
+        raise InterfaceError(
+            "answer out of order: expected id %d, got %r" % (request_id, response.get("id"))
+        )
 
     def _exchange_all(self, messages: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Sends requests and reads their answers, ok or not, in order. The lock must be held.
@@ -442,31 +507,11 @@ class Client(_Base):
                 if ahead and k + 1 < len(frames):
                     sock.sendall(frames[k + 1])
                 answers.append(self._reader.read(sock))
-        except socket.timeout:
-            self._drop()
-            raise OperationalError(
-                "qail-daemon at %s did not answer %r within %.1f s"
-                % (self.path, message.get("op"), sock.gettimeout() or 0)
-            ) from None
-        except (OSError, EOFError) as exc:
-            self._drop()
-            raise OperationalError(
-                "lost the connection to qail-daemon at %s during %r: %s"
-                % (self.path, message.get("op"), exc)
-            ) from exc
-        except BaseException:
-            # Interrupted half-way (KeyboardInterrupt, ...): the stream is out of step.
-            self._drop()
-            raise
+        except BaseException as exc:
+            raise self._broken(exc, message, sock)
         for request_id, response in zip(ids, answers):
             if response.get("id") != request_id:
-                self._drop()
-                if response.get("ok") is False and response.get("id") is None:
-                    raise from_wire(response.get("error"))
-                raise InterfaceError(
-                    "answer out of order: expected id %d, got %r"
-                    % (request_id, response.get("id"))
-                )
+                self._out_of_step(request_id, response)
         return answers
 
     def _request(self, message: Dict[str, Any]) -> Dict[str, Any]:
@@ -479,7 +524,7 @@ class Client(_Base):
         """(Re)connects when needed. The lock must be held."""
         if self._closed:
             raise InterfaceError("the client is closed")
-        if self._pid != os.getpid():
+        if self._forked:
             # Forked: the socket belongs to the parent. Closing our copy of the file
             # descriptor leaves the parent's connection untouched.
             self._drop()

@@ -107,6 +107,27 @@ def test_query_params_and_row_factories(users):
     client.close()
 
 
+def test_answers_of_alternating_shapes_keep_their_own_columns_and_decoders(users):
+    # The client reuses the last answer's columns while they repeat; a different shape,
+    # even one with the same column names, must get its own types and decoders.
+    import datetime
+    import decimal
+
+    client = users.connect()
+    for _ in range(2):
+        a = client.query_result("SELECT id, name FROM users WHERE id = $1", [1])
+        b = client.query_result("SELECT 2.5::numeric AS id, date '2026-11-26' AS name")
+        c = client.query_result("SELECT id, name FROM users WHERE id = $1", [2])
+        assert a.rows == [(1, "user1")] and c.rows == [(2, "user2")]
+        assert [col.type for col in a.columns] == ["int4", "text"]
+        assert [col.type for col in b.columns] == ["numeric", "date"]
+        assert b.rows == [(decimal.Decimal("2.5"), datetime.date(2026, 11, 26))]
+    # Each result owns its column list.
+    a.columns.append("mutated")
+    assert len(client.query_result("SELECT id, name FROM users LIMIT 1").columns) == 2
+    client.close()
+
+
 def test_query_result_execute_and_command_tags(users):
     client = users.connect()
     result = client.query_result("SELECT id FROM users WHERE id < 3 ORDER BY id")

@@ -3,6 +3,7 @@ placeholder rewriting."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -140,6 +141,21 @@ def test_stdlib_json_fallback():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_stdlib_loads_takes_what_json_loads_takes_and_fails_like_it():
+    # The standard-library decoder skips json.loads' encoding detection; the answers and
+    # the errors must be the same.
+    good = [b'{"a":[1,2.5,null,true,"\\u00e9"]}', ' {"a": 1} \n'.encode(), "[\"é\"]".encode(),
+            b'"text"', b"12"]
+    for body in good:
+        assert _protocol._std_loads(body) == json.loads(body), body
+    for body in [b"", b"{", b'{"a":1} x', b"nul", b'{"a":1}{}']:
+        with pytest.raises(ValueError) as std:
+            _protocol._std_loads(body)
+        with pytest.raises(ValueError) as ref:
+            json.loads(body)
+        assert str(std.value) == str(ref.value), body
 
 
 def test_big_integers_are_encoded():
