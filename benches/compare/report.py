@@ -11,6 +11,8 @@ from pathlib import Path
 import sys
 from typing import Any, Optional
 
+from cputime import GROUPS, fmt_us
+
 NATIVE_KEY = "native"
 
 # The issue's targets (item 3): (description, numerator mode, denominator mode, minimum ratio).
@@ -37,6 +39,22 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in runs if key in r]
         if values:
             out[key] = statistics.median(values)
+    cpu = cpu_medians(runs)
+    if cpu:
+        out["cpu_us"] = cpu
+    return out
+
+
+def cpu_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per group: medians over the runs of the µs of CPU per query, total and sys apart."""
+    out: dict[str, dict[str, float]] = {}
+    for group, _ in GROUPS:
+        per = [r["cpu"]["us_per_query"][group] for r in runs
+               if group in r.get("cpu", {}).get("us_per_query", {})]
+        if per:
+            out[group] = {"total": statistics.median(p["total"] for p in per),
+                          "sys": statistics.median(p["sys"] for p in per),
+                          "runs": len(per)}
     return out
 
 
@@ -103,6 +121,43 @@ def _status(check: dict[str, Any]) -> str:
     return text
 
 
+def _cpu_cell(cpu: dict[str, dict[str, float]], group: str) -> str:
+    if group not in cpu:
+        return "—"
+    return f"{fmt_us(cpu[group]['total'])} ({fmt_us(cpu[group]['sys'])} sys)"
+
+
+def cpu_markdown(results: dict[str, Any]) -> list[str]:
+    """The CPU-per-query table (empty when no run measured it)."""
+    modes = [m for m in results["modes"] if m["median"].get("cpu_us")]
+    if not modes:
+        return []
+    names = [name for _, name in GROUPS]
+    lines = [
+        "", f"### CPU per query, µs: {' / '.join(names)}", "",
+        "CPU time (user + system) that each process group used during the timed window only "
+        "(not warm-up or start-up), divided by the queries completed in it; medians over the "
+        "runs, the system part in parentheses. client = the workload process (and its 32 "
+        "children in the multi-process modes); PostgreSQL = the postmaster and all its "
+        "processes, backends that exited included; the native row's window is sampled from "
+        "outside the binary. A dash: the mode does not go through that server.",
+        "",
+        "| Mode | Queries/s | " + " | ".join(names) + " | all |",
+        "|---|---:|" + "---:|" * (len(names) + 1),
+    ]
+    group = None
+    for m in modes:
+        if m["group"] != group:
+            group = m["group"]
+            lines.append(f"| **{group}** |" + " |" * (len(names) + 2))
+        cpu = m["median"]["cpu_us"]
+        cells = [_cpu_cell(cpu, key) for key, _ in GROUPS]
+        total = sum(v["total"] for v in cpu.values())
+        lines.append(f"| {m['label']} | {_fmt_qps(m['median'].get('qps'))} | "
+                     + " | ".join(cells) + f" | {fmt_us(total)} |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     reps = results["settings"]["reps"]
     lines = [
@@ -129,6 +184,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {m['label']} | {_fmt_qps(med.get('qps'))} | {_fmt_ratio(m.get('ratio_native'))} "
             f"| {_fmt_us(med.get('p50_us'))} | {_fmt_us(med.get('p99_us'))} | {_rows_text(m)} "
             f"| {notes} |")
+    lines += cpu_markdown(results)
     lines += ["", "### The issue's targets (ratios from this run)", "",
               "| Target | Needed | Measured | |", "|---|---:|---:|---|"]
     for check in results.get("targets", []):
@@ -195,6 +251,14 @@ def console_table(results: dict[str, Any]) -> str:
         lines.append(f"  {m['label'][:56]:<56} {_fmt_qps(med.get('qps')):>10} "
                      f"{_fmt_ratio(m.get('ratio_native')):>9} {_fmt_us(med.get('p50_us')):>10} "
                      f"{_fmt_us(med.get('p99_us')):>10}  {_rows_text(m)}{status}")
+    cpu_modes = [m for m in results["modes"] if m["median"].get("cpu_us")]
+    if cpu_modes:
+        lines.append("")
+        lines.append(f"cpu µs/query, median (sys): {' / '.join(n for _, n in GROUPS)}")
+        for m in cpu_modes:
+            cpu = m["median"]["cpu_us"]
+            cells = "  ".join(f"{_cpu_cell(cpu, key):>16}" for key, _ in GROUPS)
+            lines.append(f"  {m['label'][:56]:<56} {cells}")
     lines.append("")
     lines.append("targets (issue 4, item 3):")
     for check in results.get("targets", []):

@@ -13,7 +13,10 @@ Sets up the seed's workload (a `users(id int primary key, name text)` table of 1
 - the daemon's memory: idle RSS, growth per idle client connection, N connections served.
 
 Modes are interleaved (repetition 1 of every mode, then repetition 2, ...) so that noise from
-other work on the machine spreads over all of them; the table shows medians. Outputs go to
+other work on the machine spreads over all of them; the table shows medians. Every run also
+accounts the CPU that the client, qail-daemon, PostgreSQL and PgBouncer used during its timed
+window, per query (cputime.py). With --profile, one extra run of the sequential daemon modes
+is recorded with `perf record` on the daemon and its top symbols written out. Outputs go to
 benches/results/ (Markdown, JSON, PNG charts).
 
 The driver runs with any python3: it creates its own virtual environment
@@ -28,17 +31,19 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import venv
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -75,6 +80,9 @@ DAEMON = "Python via qail-daemon (pool 8)"
 DIRECT = "Python straight to PostgreSQL (Unix socket)"
 NATIVE = "Native Rust"
 MULTI = "32 Python processes, sequential"
+
+# Modes whose daemon --profile records (one extra run each, after the measured repetitions).
+PROFILED = ("daemon.seq", "multi.daemon")
 
 MODES: list[Mode] = [
     Mode("daemon.seq", "daemon.seq", DAEMON, "qail_ipc · sequential (1 query per round trip)",
@@ -124,6 +132,10 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def uses_daemon(m: Mode) -> bool:
+    return m.group == DAEMON or m.key == "multi.daemon"
+
+
 # -- the virtual environment ------------------------------------------------------------------
 
 
@@ -171,14 +183,23 @@ def reexec_in_venv() -> None:
 RUNNING: set[subprocess.Popen] = set()
 
 
-def run_child(argv: list[str], timeout: float, env: Optional[dict[str, str]] = None
+def run_child(argv: list[str], timeout: float, env: Optional[dict[str, str]] = None,
+              during: Optional[Callable[[subprocess.Popen], None]] = None
               ) -> tuple[int, str, str]:
-    """Runs a child in its own process group (killed whole on timeout or interruption)."""
+    """Runs a child in its own process group (killed whole on timeout or interruption).
+
+    ``during``, when given, runs in a thread alongside the child (it gets the Popen) and is
+    waited for (at most 10 s) after the child exits.
+    """
     from services import stop_process_group
 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True, cwd=HERE)
     RUNNING.add(proc)
+    watcher = None
+    if during is not None:
+        watcher = threading.Thread(target=during, args=(proc,), daemon=True)
+        watcher.start()
     try:
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, out, err
@@ -189,6 +210,8 @@ def run_child(argv: list[str], timeout: float, env: Optional[dict[str, str]] = N
     finally:
         stop_process_group(proc, grace=2, sig=signal.SIGKILL)
         RUNNING.discard(proc)
+        if watcher is not None:
+            watcher.join(10)
 
 
 def kill_children() -> None:
@@ -287,6 +310,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="queries in flight per connection in the native ceiling")
     parser.add_argument("--skip-build", action="store_true",
                         help="use the existing target/release binaries")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the measured runs, one extra run each of "
+                             f"{' and '.join(PROFILED)} with `perf record -g -e cpu-clock` on "
+                             "qail-daemon during the timed window; writes the top symbols "
+                             "to OUT/profile-MODE.txt")
     parser.add_argument("--out", type=Path, default=REPO / "benches" / "results",
                         help="output directory")
     args = parser.parse_args(argv)
@@ -375,7 +403,7 @@ def main(argv: list[str]) -> int:
         "settings": {"reps": args.reps, "duration": args.duration, "warmup": args.warmup,
                      "pool": args.pool, "processes": args.processes,
                      "native_depth": args.native_depth, "quick": args.quick,
-                     "nofile_limit": f"{soft}/{hard}"},
+                     "profile": args.profile, "nofile_limit": f"{soft}/{hard}"},
         "modes": [],
         "failures": failures,
     }
@@ -452,6 +480,7 @@ def start_databases(run: Run, modes: list[Mode]) -> tuple[Any, Any]:
 def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Path,
               native_bin: Path, packages: dict[str, str]) -> None:
     """Every mode, repetitions interleaved; medians and ratios into run.results."""
+    import cputime
     import report
     import services
     from workloads import Spec
@@ -484,6 +513,27 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
                    "--depth", str(args.native_depth), "--seconds", str(args.duration),
                    "--warmup", str(args.warmup)]
 
+    def roots(m: Mode) -> dict[str, int]:
+        """The server process trees whose CPU a mode's runs account (cputime.py)."""
+        out = {"postgres": pg.postmaster_pid()}
+        if uses_daemon(m):
+            out["qail-daemon"] = daemon.pid
+        if m.needs == "pgbouncer" and bouncer is not None:
+            out["pgbouncer"] = bouncer.pid
+        return out
+
+    def measure(m: Mode, **extra: Any) -> dict[str, Any]:
+        """One run of a mode: its JSON line, with the CPU of its timed window."""
+        if m.workload == "native":
+            return measure_native(run, native_argv, roots(m))
+        argv = [str(VENV_PYTHON), str(HERE / "workloads.py"), m.workload,
+                json.dumps({**asdict(spec), "json_codec": m.json_codec, "cpu_roots": roots(m),
+                            **extra})]
+        code, out, err = run_child(argv, args.warmup + args.duration + 180, run.child_env)
+        if code != 0:
+            raise ValueError(err.strip() or f"exit status {code}")
+        return json.loads(out.strip().splitlines()[-1])
+
     total = len(runnable) * args.reps
     log(f"==> {len(runnable)} modes x {args.reps} repetition(s), "
         f"{args.warmup:g} s warm-up + {args.duration:g} s each, interleaved")
@@ -493,16 +543,8 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
             n += 1
             print(f"[{n:3d}/{total}  {run.elapsed()}] rep {rep + 1}/{args.reps}  "
                   f"{m.label[:52]:<52}", end=" ", flush=True)
-            if m.workload == "native":
-                argv = native_argv
-            else:
-                argv = [str(VENV_PYTHON), str(HERE / "workloads.py"), m.workload,
-                        json.dumps({**asdict(spec), "json_codec": m.json_codec})]
-            code, out, err = run_child(argv, args.warmup + args.duration + 180, run.child_env)
             try:
-                if code != 0:
-                    raise ValueError(err.strip() or f"exit status {code}")
-                measured = json.loads(out.strip().splitlines()[-1])
+                measured = measure(m)
             except (ValueError, IndexError) as exc:
                 errors[m.key] = str(exc)
                 print("FAILED: " + (str(exc).splitlines() or ["?"])[-1][:100], flush=True)
@@ -511,6 +553,14 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
             lat = (f"  p50 {measured['p50_us']:,.0f} µs  p99 {measured['p99_us']:,.0f} µs"
                    if "p50_us" in measured else "")
             print(f"{measured['qps']:>10,.0f} q/s{lat}", flush=True)
+            if measured.get("cpu"):
+                print(f"{'':14}cpu µs/query: {cputime.console_line(measured['cpu'])}", flush=True)
+
+    if args.profile:
+        profiled = [m for m in runnable if m.key in PROFILED]
+        if not profiled:
+            run.failures.append(f"--profile: none of {', '.join(PROFILED)} was run")
+        profile_daemon(run, profiled, measure, daemon)
 
     for m in runnable:
         entry: dict[str, Any] = {
@@ -525,6 +575,146 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
         run.results["modes"].append(entry)
     report.add_ratios(run.results)
     daemon.stop()
+
+
+def measure_native(run: Run, argv: list[str], roots: dict[str, int]) -> dict[str, Any]:
+    """One run of the native ceiling, its window's CPU sampled from here.
+
+    The binary cannot report its own window, so a thread waits until it holds its
+    ``--connections`` sockets (its warm-up starts right after), then snapshots the native
+    process and the servers inside its window (cputime.sample_external); queries are its rate
+    times that window.
+    """
+    import cputime
+
+    args = run.args
+    sampled: dict[str, Any] = {}
+
+    def sample(proc: subprocess.Popen) -> None:
+        got = cputime.sample_external(
+            proc.pid, roots, lambda: cputime.socket_count(proc.pid) >= args.pool,
+            args.warmup, args.duration)
+        if got:
+            sampled.update(got)
+
+    code, out, err = run_child(argv, args.warmup + args.duration + 180, run.child_env, sample)
+    if code != 0:
+        raise ValueError(err.strip() or f"exit status {code}")
+    measured = json.loads(out.strip().splitlines()[-1])
+    if sampled:
+        measured["cpu"] = cputime.window_report(
+            sampled["groups"], measured["qps"] * sampled["seconds"], sampled["seconds"],
+            "sampled by the driver inside the binary's window; queries = its rate x window")
+    return measured
+
+
+def profile_daemon(run: Run, modes: list[Mode], measure: Callable[..., dict[str, Any]],
+                   daemon: Any) -> None:
+    """--profile: one extra run of each mode with `perf record` on the daemon for its window."""
+    perf = shutil.which("perf")
+    if perf is None:
+        run.failures.append("--profile: perf is not installed, no profile recorded")
+        log("!!  --profile: perf is not installed (apt-get install linux-perf); skipped")
+        return
+    for m in modes:
+        log(f"==> profiling qail-daemon: one extra run of {m.key} under perf record")
+        tmp = Path(tempfile.mkdtemp(prefix="qail-bench-perf-"))
+        try:
+            path, measured = profile_one(run, perf, m, measure, daemon, tmp)
+            run.results.setdefault("profiles", {})[m.key] = {
+                "file": path.name, "qps": measured["qps"], "cpu": measured.get("cpu")}
+            log(f"    wrote {path}")
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError) as exc:
+            run.failures.append(f"--profile {m.key}: {exc}")
+            log(f"!!  --profile {m.key}: {exc}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def profile_one(run: Run, perf: str, m: Mode, measure: Callable[..., dict[str, Any]],
+                daemon: Any, tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """Records one run of ``m``; writes OUT/profile-KEY.txt; returns it and the run's figures.
+
+    perf starts with its events disabled (-D -1); the workload enables them through perf's
+    control FIFO when its timed window starts and disables them when it ends.
+    """
+    import cputime
+    from services import stop_process_group
+
+    ctl, ack, data = tmp / "ctl", tmp / "ack", tmp / "perf.data"
+    os.mkfifo(ctl)
+    os.mkfifo(ack)
+    record = [perf, "record", "-g", "-e", "cpu-clock", "-D", "-1",
+              "--control", f"fifo:{ctl},{ack}", "-p", str(daemon.pid), "-o", str(data)]
+    with open(tmp / "perf.log", "w") as perf_log:
+        proc = subprocess.Popen(record, stdout=perf_log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    RUNNING.add(proc)
+    try:
+        measured = measure(m, profile_ctl=str(ctl), profile_ack=str(ack))
+        proc.send_signal(signal.SIGINT)  # perf writes perf.data and exits
+        proc.wait(60)
+    finally:
+        stop_process_group(proc, grace=5, sig=signal.SIGKILL)
+        RUNNING.discard(proc)
+    if not data.exists():
+        raise ValueError("perf record failed: " + (tmp / "perf.log").read_text()[-500:])
+    head, symbols = perf_report(perf, data, ["--sort", "symbol", "-g", "none"], 25)
+    _, objects = perf_report(perf, data, ["--sort", "dso", "-g", "none"], 8)
+    # Where the hottest kernel symbols are reached from (leaf first), e.g. which wake-ups.
+    kernel = [row.split("[k]", 1)[1].strip() for row in symbols[:6] if "[k]" in row]
+    callers: list[str] = []
+    if kernel:
+        _, callers = perf_report(perf, data, [
+            "--sort", "symbol", "-g", "caller,2,callee,function,percent", "--max-stack", "9",
+            "--symbols", ",".join(kernel)], 90)
+    cpu = measured.get("cpu") or {}
+    lines = [
+        f"# qail-daemon under perf: {m.label} ({m.key})",
+        "# perf record -g -e cpu-clock -D -1 --control fifo:CTL,ACK -p <qail-daemon pid>: "
+        "events enabled for the timed window only",
+        f"# one extra run after the measured ones, {run.args.warmup:g} s warm-up + "
+        f"{run.args.duration:g} s; commit {run.results['machine'].get('qail-daemon', '?')}, "
+        f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"# this run: {measured['qps']:,.0f} q/s; CPU per query, µs: "
+        f"{cputime.console_line(cpu) if cpu else 'not measured'}",
+        "# cpu-clock is a timer (no hardware counters in this VM): kernel time spent with "
+        "interrupts off is charged where they",
+        "# are turned back on (_raw_spin_unlock_irqrestore, finish_task_switch): read those as "
+        "wake-ups and context switches.",
+        "", *head, "",
+        f"# perf report --no-children --sort symbol --stdio -g none (top {len(symbols)})",
+        "", *symbols, "",
+        "# perf report --no-children --sort dso --stdio -g none",
+        "", *objects, "",
+    ]
+    if callers:
+        lines += ["# callers of the hottest kernel symbols: perf report --no-children "
+                  "--sort symbol -g caller,2,callee --max-stack 9 --symbols ...",
+                  "", *callers, ""]
+    run.args.out.mkdir(parents=True, exist_ok=True)
+    path = run.args.out / f"profile-{m.key}.txt"
+    path.write_text("\n".join(lines))
+    return path, measured
+
+
+def perf_report(perf: str, data: Path, options: list[str], top: int
+                ) -> tuple[list[str], list[str]]:
+    """`perf report --no-children --stdio OPTIONS`: its sample-count header, its first ``top``
+    lines (the rows, with their call graphs when ``-g`` asks for them)."""
+    done = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--stdio",
+                           *options], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise ValueError("perf report failed: " + done.stderr.strip()[-500:])
+    head = [line for line in done.stdout.splitlines()
+            if line.startswith(("# Samples", "# Event count"))]
+    rows = [line.rstrip() for line in done.stdout.splitlines()
+            if line.strip() and not line.startswith("#")]
+    # perf 6.x appends empty IPC columns ("-  -") when there is no branch data: drop them.
+    rows = [re.sub(r"\s+-\s+-$", "", line) for line in rows[:top]]
+    # A graph's last lines are often bare addresses of stripped code: drop the lone hex ones.
+    rows = [line for line in rows if not re.fullmatch(r"[\s|]*(0x[0-9a-f]+|0)", line)]
+    return head, rows
 
 
 def run_memory(run: Run, pg: Any, daemon_bin: Path, nofile_soft: int) -> None:

@@ -161,6 +161,10 @@ class PostgresCluster:
         self.version = subprocess.run([str(self.bin / "postgres"), "--version"],
                                       capture_output=True, text=True).stdout.strip()
 
+    def postmaster_pid(self) -> int:
+        """The postmaster's pid (first line of postmaster.pid): the root of every backend."""
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
     def psql(self, database: str, sql: str) -> str:
         """Runs SQL with psql over the private socket directory; returns its output."""
         done = subprocess.run(
@@ -258,6 +262,12 @@ class PgBouncer:
         self.proc = proc
         sock = self.socket_dir / f".s.PGSQL.{self.port}"
         wait_for(sock.exists, 20, "pgbouncer", alive=lambda: proc.poll() is None)
+
+    @property
+    def pid(self) -> int:
+        """The root of PgBouncer's process tree (``runuser`` when we are root, its parent)."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def stop(self) -> None:
         stop_process_group(self.proc, grace=5)

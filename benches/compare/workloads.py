@@ -6,6 +6,10 @@ Every mode runs the seed's statement, ``SELECT id, name FROM users LIMIT $1`` wi
 parameter cycling 10, 5, 1, warms up for ``warmup`` seconds, then counts the queries completed
 in ``duration`` seconds. Rows are fetched into Python objects (tuples or the driver's records)
 unless the mode is count-only. Sequential modes also report per-query latency percentiles.
+
+Every mode also reports the CPU used during its timed window by the client and by the servers
+whose pids the driver passes in ``cpu_roots`` (see cputime.py), and, when the driver gives perf's
+control FIFOs (``--profile``), enables perf for exactly that window.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
+
+import cputime
 
 SQL = "SELECT id, name FROM users LIMIT $1"
 SQL_PSYCOPG = "SELECT id, name FROM users LIMIT %s"
@@ -54,6 +60,9 @@ class Spec:
     bouncer_port: int = 0
     client: str = "qail_ipc"  # or "raw" (benches/compare/rawclient.py)
     json_codec: str = "stdlib"  # or "orjson" (qail_ipc picks orjson up when installed)
+    cpu_roots: dict[str, int] = field(default_factory=dict)  # server group -> root pid
+    profile_ctl: str = ""  # perf record's control FIFO (run.py --profile), else ""
+    profile_ack: str = ""
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Measurement:
     seconds: float
     latencies: Optional[list[float]] = None  # seconds per query, sequential modes only
     info: dict[str, Any] = field(default_factory=dict)
+    cpu: Optional[dict[str, Any]] = None  # cputime.Window.report() of the timed window
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -73,6 +83,8 @@ class Measurement:
             "rows_per_query": self.rows / self.queries if self.queries else 0.0,
             "info": self.info,
         }
+        if self.cpu:
+            out["cpu"] = self.cpu
         if self.latencies:
             lat = sorted(self.latencies)
             out["p50_us"] = percentile(lat, 0.50) * 1e6
@@ -94,8 +106,16 @@ def batch(size: int) -> list[list[int]]:
 # -- loops ------------------------------------------------------------------------------------
 
 
+def cpu_window(spec: Spec) -> cputime.Window:
+    """The CPU snapshots (and perf switch) of one timed window; opened before the warm-up."""
+    perf = (cputime.PerfControl(spec.profile_ctl, spec.profile_ack)
+            if spec.profile_ctl else None)
+    return cputime.Window(spec.cpu_roots, perf)
+
+
 def run_loop(step: Step, spec: Spec, latency: bool = False) -> Measurement:
     """Calls ``step`` back to back: warm-up, then a timed window."""
+    window = cpu_window(spec)
     i = 0
     warm_end = clock() + spec.warmup
     while clock() < warm_end:
@@ -103,6 +123,7 @@ def run_loop(step: Step, spec: Spec, latency: bool = False) -> Measurement:
         i += 1
     queries = rows = 0
     latencies: list[float] = []
+    window.begin()
     start = now = clock()
     deadline = start + spec.duration
     while now < deadline:
@@ -114,10 +135,13 @@ def run_loop(step: Step, spec: Spec, latency: bool = False) -> Measurement:
         now = t
         queries += q
         rows += r
-    return Measurement(queries, rows, now - start, latencies if latency else None)
+    window.end()
+    return Measurement(queries, rows, now - start, latencies if latency else None,
+                       cpu=window.report(queries, now - start))
 
 
 async def run_loop_async(step: AsyncStep, spec: Spec, latency: bool = False) -> Measurement:
+    window = cpu_window(spec)
     i = 0
     warm_end = clock() + spec.warmup
     while clock() < warm_end:
@@ -125,6 +149,7 @@ async def run_loop_async(step: AsyncStep, spec: Spec, latency: bool = False) -> 
         i += 1
     queries = rows = 0
     latencies: list[float] = []
+    window.begin()
     start = now = clock()
     deadline = start + spec.duration
     while now < deadline:
@@ -136,7 +161,9 @@ async def run_loop_async(step: AsyncStep, spec: Spec, latency: bool = False) -> 
         now = t
         queries += q
         rows += r
-    return Measurement(queries, rows, now - start, latencies if latency else None)
+    window.end()
+    return Measurement(queries, rows, now - start, latencies if latency else None,
+                       cpu=window.report(queries, now - start))
 
 
 async def run_concurrent(step: AsyncStep, tasks: int, spec: Spec) -> Measurement:
@@ -152,25 +179,30 @@ async def run_concurrent(step: AsyncStep, tasks: int, spec: Spec) -> Measurement
             totals[0] += q
             totals[1] += r
 
+    window = cpu_window(spec)
     running = [asyncio.ensure_future(worker(k)) for k in range(tasks)]
     try:
         await asyncio.sleep(spec.warmup)
+        window.begin()  # blocks the loop for the snapshot (a few ms), outside the window
         q0, r0, t0 = totals[0], totals[1], clock()
         await asyncio.sleep(spec.duration)
         q1, r1, t1 = totals[0], totals[1], clock()
+        window.end()
         stop = True
         await asyncio.gather(*running)
     finally:
         for task in running:
             task.cancel()
-    return Measurement(q1 - q0, r1 - r0, t1 - t0)
+    return Measurement(q1 - q0, r1 - r0, t1 - t0, cpu=window.report(q1 - q0, t1 - t0))
 
 
 def run_processes(connect: Callable[[], Step], spec: Spec) -> Measurement:
     """``spec.processes`` forked processes, each connecting once and running ``step`` back to back.
 
     All connect first; then they start together and count the queries completed inside one
-    shared window; latencies of every process are merged.
+    shared window; latencies of every process are merged. Each process measures its own CPU
+    over its window (it exits afterwards, so nobody could read it from outside); the parent
+    takes the servers' snapshots at the shared window's edges.
     """
     ctx = mp.get_context("fork")
     ready: Any = ctx.Queue()
@@ -195,6 +227,7 @@ def run_processes(connect: Callable[[], Step], spec: Spec) -> Measurement:
             i += 1
         queries = rows = 0
         latencies = array.array("d")
+        cpu0 = cputime.own_times()
         now = clock()
         while True:
             q, r = step(i)
@@ -206,23 +239,31 @@ def run_processes(connect: Callable[[], Step], spec: Spec) -> Measurement:
             now = t
             queries += q
             rows += r
-        results.put((queries, rows, latencies.tobytes()))
+        cpu = cputime.own_times() - cpu0
+        results.put((queries, rows, latencies.tobytes(), cpu.user, cpu.sys))
 
     procs = [ctx.Process(target=child, args=(k,), daemon=True) for k in range(spec.processes)]
     for p in procs:
         p.start()
+    window = cpu_window(spec)  # after the forks: the children do not inherit perf's FIFOs
     try:
         errors = [e for e in (ready.get(timeout=120) for _ in procs) if e]
         if errors:
             raise RuntimeError(f"{len(errors)} of {len(procs)} processes failed: {errors[0]}")
         start_at.value = clock() + 0.05
         go.set()
+        time.sleep(max(0.0, start_at.value + spec.warmup - clock()))
+        window.begin()
+        time.sleep(max(0.0, start_at.value + spec.warmup + spec.duration - clock()))
+        window.end()
         queries = rows = 0
         latencies: list[float] = []
+        children = cputime.Times()
         for _ in procs:
-            q, r, raw = results.get(timeout=spec.warmup + spec.duration + 120)
+            q, r, raw, user, system = results.get(timeout=spec.warmup + spec.duration + 120)
             queries += q
             rows += r
+            children += cputime.Times(user, system)
             samples = array.array("d")
             samples.frombytes(raw)
             latencies.extend(samples)
@@ -232,8 +273,8 @@ def run_processes(connect: Callable[[], Step], spec: Spec) -> Measurement:
         for p in procs:
             if p.is_alive():
                 p.kill()
-    return Measurement(queries, rows, spec.duration, latencies,
-                       {"processes": spec.processes})
+    return Measurement(queries, rows, spec.duration, latencies, {"processes": spec.processes},
+                       cpu=window.report(queries, spec.duration, children))
 
 
 # -- qail-daemon ------------------------------------------------------------------------------
