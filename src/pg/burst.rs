@@ -18,9 +18,10 @@
 //!   are run again one by one through tokio-postgres, which gives them exactly the semantics
 //!   (and errors) of the ungrouped path. The one exception is a cancelled statement (a request
 //!   timeout): it is reported, not run again.
-//! - The socket is borrowed only after a round trip through tokio-postgres, so nothing of its
-//!   own (such as the Close of a dropped statement) is still in flight. If the burst is
-//!   abandoned half-way the connection is marked broken and the pool discards it.
+//! - The socket is borrowed only while tokio-postgres has nothing in flight (`pg::socket`
+//!   follows its requests and answers; when something is in flight, one round trip behind it
+//!   settles the connection first). If the burst is abandoned half-way the connection is
+//!   marked broken and the pool discards it.
 
 use std::future::poll_fn;
 use std::io;
@@ -80,6 +81,15 @@ pub fn eligible(class: &Classified) -> bool {
         && !class.transaction_control
 }
 
+/// One execution in a burst: a catalogued statement, tokio-postgres' copy of it on the
+/// burst's connection, and its parameters.
+#[derive(Clone, Copy)]
+pub struct Item<'a> {
+    pub entry: &'a Arc<Entry>,
+    pub stmt: &'a Statement,
+    pub params: &'a [TextParam],
+}
+
 /// Runs `stmt` once per parameter list on `conn`, grouped; answers in order. `stmt` must be
 /// prepared on `conn`, and the caller must hold `conn` alone: outside a transaction for
 /// [`Grouping::ReadOnly`], inside the atomic pipeline's transaction for the other.
@@ -92,18 +102,40 @@ pub async fn run(
     counters: &GroupedCounters,
     grouping: Grouping,
 ) -> Vec<Result<Outcome, Error>> {
-    if params.is_empty() {
+    let items: Vec<Item<'_>> = params
+        .iter()
+        .map(|p| Item {
+            entry,
+            stmt,
+            params: p,
+        })
+        .collect();
+    run_items(conn, &items, keep_rows, counters, grouping).await
+}
+
+/// Runs each item once on `conn`, grouped; answers in order. Every item's statement must be
+/// prepared on `conn` through tokio-postgres, and the caller must hold `conn` as for [`run`]
+/// (statements of different clients sharing a connection qualify for
+/// [`Grouping::ReadOnly`] when each is [`eligible`]).
+pub async fn run_items(
+    conn: &PgConn,
+    items: &[Item<'_>],
+    keep_rows: bool,
+    counters: &GroupedCounters,
+    grouping: Grouping,
+) -> Vec<Result<Outcome, Error>> {
+    if items.is_empty() {
         return Vec::new();
     }
     counters
         .statements
-        .fetch_add(params.len() as u64, Ordering::Relaxed);
-    let mut slots = match run_grouped(conn, entry, stmt, params, keep_rows, grouping).await {
+        .fetch_add(items.len() as u64, Ordering::Relaxed);
+    let mut slots = match run_grouped(conn, items, keep_rows, grouping).await {
         Ok(slots) => slots,
         Err(e) => {
             conn.mark_broken();
             let message = e.to_string();
-            return params
+            return items
                 .iter()
                 .map(|_| Err(Error::new(Code::UpstreamUnavailable, message.clone())))
                 .collect();
@@ -122,7 +154,7 @@ pub async fn run(
         );
         let again = run_statements(
             &conn.client,
-            redo.iter().map(|&i| (stmt, params[i].as_slice())),
+            redo.iter().map(|&i| (items[i].stmt, items[i].params)),
             keep_rows,
         )
         .await;
@@ -164,33 +196,76 @@ impl Drop for Settled<'_> {
     }
 }
 
+/// A statement this burst prepares under its own name, and what its Describe said.
+struct Prepared<'a> {
+    entry: &'a Arc<Entry>,
+    stmt: &'a Statement,
+    name: String,
+    /// Whether the server described it as tokio-postgres' copy is (None: not answered yet,
+    /// or the Parse failed).
+    described: Option<bool>,
+}
+
 async fn run_grouped(
     conn: &PgConn,
-    entry: &Arc<Entry>,
-    stmt: &Statement,
-    params: &[Vec<TextParam>],
+    items: &[Item<'_>],
     keep_rows: bool,
     grouping: Grouping,
 ) -> Result<Vec<Slot>, Error> {
-    let (name, to_close, parse) = {
+    // Each item's statement name; the ones not yet prepared on the server are parsed and
+    // described first, in order.
+    let mut prepared: Vec<Prepared<'_>> = Vec::new();
+    let mut names: Vec<String> = Vec::with_capacity(items.len());
+    let to_close = {
         let mut burst = conn.burst_statements();
-        let (name, parse) = burst.name_for(entry);
-        (name, std::mem::take(&mut burst.to_close), parse)
+        let mut last: Option<(u64, String)> = None;
+        for item in items {
+            let id = item.entry.id;
+            let name = match &last {
+                Some((last_id, name)) if *last_id == id => name.clone(),
+                _ => match prepared.iter().find(|p| p.entry.id == id) {
+                    Some(p) => p.name.clone(),
+                    None => {
+                        let (name, parse) = burst.name_for(item.entry);
+                        if parse {
+                            prepared.push(Prepared {
+                                entry: item.entry,
+                                stmt: item.stmt,
+                                name: name.clone(),
+                                described: None,
+                            });
+                        }
+                        name
+                    }
+                },
+            };
+            last = Some((id, name.clone()));
+            names.push(name);
+        }
+        std::mem::take(&mut burst.to_close)
     };
     let mut out = BytesMut::new();
     for closing in &to_close {
         frontend::close(b'S', closing, &mut out).map_err(protocol)?;
     }
-    if parse {
-        let types = stmt.params().iter().map(|t| t.oid());
-        frontend::parse(&name, &entry.sql, types, &mut out).map_err(protocol)?;
-        frontend::describe(b'S', &name, &mut out).map_err(protocol)?;
+    for p in &prepared {
+        let types = p.stmt.params().iter().map(|t| t.oid());
+        frontend::parse(&p.name, &p.entry.sql, types, &mut out).map_err(protocol)?;
+        frontend::describe(b'S', &p.name, &mut out).map_err(protocol)?;
     }
-    encode(&mut out, &name, params, grouping == Grouping::ReadOnly)?;
-    conn.client.simple_query("").await?;
+    let params: Vec<&[TextParam]> = items.iter().map(|i| i.params).collect();
+    encode(&mut out, &params, &names, grouping == Grouping::ReadOnly)?;
+    let socket = match conn.socket.borrow_if_idle() {
+        Some(socket) => socket,
+        None => {
+            // tokio-postgres still has a request in flight: one round trip behind it settles
+            // the connection.
+            conn.client.simple_query("").await?;
+            conn.socket.borrow()
+        }
+    };
     let mut settled = Settled { conn, clean: false };
-    let socket = conn.socket.borrow();
-    let mut reader = Reader::new(stmt, params.len(), keep_rows, grouping);
+    let mut reader = Reader::new(items, prepared, keep_rows, grouping);
     let write = async {
         (&socket).write_all(&out).await.map_err(lost)?;
         (&socket).flush().await.map_err(lost)
@@ -200,17 +275,24 @@ async fn run_grouped(
     settled.clean = true;
 
     let mut burst = conn.burst_statements();
-    match reader.described {
-        // Prepared and shaped as tokio-postgres' copy: keep it for the next bursts.
-        Some(true) if parse && !reader.stale => burst.adopt(entry, name, conn.statement_limit()),
-        // Prepared, but unusable: close it next time.
-        Some(_) if parse => burst.to_close.push(name),
-        _ if reader.stale => burst.forget(entry.id),
-        _ => {}
+    let misshapen = reader.prepared.iter().any(|p| p.described == Some(false));
+    for p in reader.prepared {
+        match p.described {
+            // Prepared and shaped as tokio-postgres' copy: keep it for the next bursts.
+            Some(true) if !reader.stale => burst.adopt(p.entry, p.name, conn.statement_limit()),
+            // Prepared, but unusable: close it next time.
+            Some(_) => burst.to_close.push(p.name),
+            None => {}
+        }
+    }
+    if reader.stale {
+        for item in items {
+            burst.forget(item.entry.id);
+        }
     }
     drop(burst);
     let mut slots = reader.slots;
-    if reader.described == Some(false) || reader.stale {
+    if misshapen || reader.stale {
         // Rows of another shape than the statement's columns: run everything the usual way
         // (inside a transaction, PostgreSQL has aborted it already).
         for slot in &mut slots {
@@ -241,22 +323,23 @@ fn protocol(what: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Every group: make it read-only (when asked), Bind/Execute each statement, Sync.
+/// Every group: make it read-only (when asked), Bind/Execute each statement (`names[i]` names
+/// the statement `params[i]` are for), Sync.
 fn encode(
     buf: &mut BytesMut,
-    name: &str,
-    params: &[Vec<TextParam>],
+    params: &[&[TextParam]],
+    names: &[String],
     read_only: bool,
 ) -> Result<(), Error> {
     let per = params.first().map_or(0, |p| p.iter().map(param_len).sum()) + 48;
     buf.reserve(params.len() * per + params.len() / GROUP * 96 + 96);
-    for group in params.chunks(GROUP) {
+    for (group, group_names) in params.chunks(GROUP).zip(names.chunks(GROUP)) {
         if read_only {
             frontend::parse("", READ_ONLY, std::iter::empty(), buf).map_err(protocol)?;
             bind(buf, "", &[], false)?;
             frontend::execute("", 0, buf).map_err(protocol)?;
         }
-        for p in group {
+        for (p, name) in group.iter().zip(group_names) {
             bind(buf, name, p, true)?;
             frontend::execute("", 0, buf).map_err(protocol)?;
         }
@@ -296,11 +379,11 @@ fn bind(buf: &mut BytesMut, stmt: &str, params: &[TextParam], binary: bool) -> R
 
 /// Follows PostgreSQL's answers group by group and fills the slots.
 struct Reader<'a> {
-    stmt: &'a Statement,
     grouping: Grouping,
-    /// Whether the statement this burst prepared was described as `stmt` is (None: not
-    /// prepared here, or the prepare failed).
-    described: Option<bool>,
+    /// The statements this burst prepares, described in this order.
+    prepared: Vec<Prepared<'a>>,
+    /// How many of them have been described.
+    described: usize,
     /// PostgreSQL said the prepared statement no longer matches the schema, or is gone.
     stale: bool,
     slots: Vec<Slot>,
@@ -314,13 +397,19 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(stmt: &'a Statement, n: usize, keep_rows: bool, grouping: Grouping) -> Reader<'a> {
+    fn new(
+        items: &[Item<'_>],
+        prepared: Vec<Prepared<'a>>,
+        keep_rows: bool,
+        grouping: Grouping,
+    ) -> Reader<'a> {
+        let n = items.len();
         let mut slots = Vec::with_capacity(n);
         slots.resize_with(n, || Slot::Pending);
         Reader {
-            stmt,
             grouping,
-            described: None,
+            prepared,
+            described: 0,
             stale: false,
             slots,
             keep_rows,
@@ -356,15 +445,19 @@ impl<'a> Reader<'a> {
     fn on_message(&mut self, message: Message) -> Result<bool, Error> {
         match message {
             Message::RowDescription(body) => {
-                let mut oids = Vec::with_capacity(self.stmt.columns().len());
+                let p = self.describing()?;
+                let mut oids = Vec::with_capacity(p.stmt.columns().len());
                 let mut fields = body.fields();
                 while let Some(field) = fields.next().map_err(protocol)? {
                     oids.push(field.type_oid());
                 }
-                let expected = self.stmt.columns().iter().map(|c| c.type_().oid());
-                self.described = Some(oids.iter().copied().eq(expected));
+                let expected = p.stmt.columns().iter().map(|c| c.type_().oid());
+                p.described = Some(oids.iter().copied().eq(expected));
             }
-            Message::NoData => self.described = Some(self.stmt.columns().is_empty()),
+            Message::NoData => {
+                let p = self.describing()?;
+                p.described = Some(p.stmt.columns().is_empty());
+            }
             Message::ParseComplete
             | Message::BindComplete
             | Message::CloseComplete
@@ -390,6 +483,11 @@ impl<'a> Reader<'a> {
             Message::ErrorResponse(body) => {
                 self.rows.clear();
                 let error = ServerError::parse(&body);
+                if self.described < self.prepared.len() {
+                    // A Parse failed: PostgreSQL skips everything up to the first Sync, the
+                    // other Describes included, so none of these statements is kept.
+                    self.described = self.prepared.len();
+                }
                 self.stale |= error.is_stale_statement();
                 if self.grouping == Grouping::InTransaction {
                     // The transaction is aborted: this is the answer, and PostgreSQL skips
@@ -433,6 +531,15 @@ impl<'a> Reader<'a> {
             _ => return Err(protocol("a message the pipeline did not ask for")),
         }
         Ok(false)
+    }
+
+    /// The prepared statement whose Describe answers now.
+    fn describing(&mut self) -> Result<&mut Prepared<'a>, Error> {
+        let i = self.described;
+        self.described += 1;
+        self.prepared
+            .get_mut(i)
+            .ok_or_else(|| protocol("a description nobody asked for"))
     }
 
     fn complete(&mut self, affected: u64) -> Result<(), Error> {
@@ -488,8 +595,10 @@ mod tests {
                 .unwrap()]
             })
             .collect();
+        let params: Vec<&[TextParam]> = params.iter().map(Vec::as_slice).collect();
+        let names = vec!["s1".to_string(); params.len()];
         let mut buf = BytesMut::new();
-        encode(&mut buf, "s1", &params, true).unwrap();
+        encode(&mut buf, &params, &names, true).unwrap();
         let mut counts = std::collections::HashMap::new();
         let mut at = 0;
         while at < buf.len() {

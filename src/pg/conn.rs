@@ -232,6 +232,9 @@ impl PgManager {
                 )))
             }
         };
+        // The startup exchange is over and nothing is in flight: from here on the socket
+        // follows tokio-postgres' requests, so bursts know when they may borrow it.
+        socket.track();
         // The connection future drives the socket; it ends when the client is dropped or the
         // server goes away, so it needs no other owner.
         tokio::spawn(async move {

@@ -7,11 +7,15 @@
 //! carries on where it was. Invariant: a borrow is only taken while tokio-postgres has no
 //! request in flight on the connection, so neither side ever reads the other's answers. The
 //! socket sits behind a mutex that is held for one poll at a time, never across an await.
+//!
+//! To know that without a round trip, `PgStream` follows the message framing of what
+//! tokio-postgres writes and reads ([`Traffic`]): every request it sends ends with a Sync (or is
+//! a simple Query), and each of those is answered by exactly one ReadyForQuery. When the counts
+//! match and both directions sit at a message boundary, tokio-postgres has nothing in flight.
 
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -140,41 +144,143 @@ impl AsyncWrite for Sock {
     }
 }
 
+/// Follows the message framing of one direction of tokio-postgres' traffic: a type byte, a
+/// 4-byte length that counts itself, then the body.
+#[derive(Debug, Default)]
+struct Framing {
+    header: [u8; 5],
+    /// Header bytes seen of the current message (0 at a boundary).
+    have: usize,
+    /// Body bytes still to skip.
+    rest: usize,
+}
+
+impl Framing {
+    /// Feeds bytes; calls `on_type` with the type byte of every message that starts in them.
+    fn feed(&mut self, mut bytes: &[u8], mut on_type: impl FnMut(u8)) {
+        while !bytes.is_empty() {
+            if self.rest > 0 {
+                let skip = self.rest.min(bytes.len());
+                self.rest -= skip;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let take = (5 - self.have).min(bytes.len());
+            self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+            self.have += take;
+            bytes = &bytes[take..];
+            if self.have == 5 {
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                on_type(self.header[0]);
+                self.rest = (len as usize).saturating_sub(4);
+                self.have = 0;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.rest == 0
+    }
+}
+
+/// What tokio-postgres has asked and been answered on the connection (see the module docs).
+/// Followed only once the connection is set up ([`SocketHandle::track`]): the startup
+/// exchange has a different framing.
+#[derive(Debug, Default)]
+struct Traffic {
+    on: bool,
+    sent: Framing,
+    received: Framing,
+    /// Syncs and simple Queries written.
+    requests: u64,
+    /// ReadyForQuery messages read.
+    answers: u64,
+    /// Something was written after which no ReadyForQuery comes (Terminate, COPY data).
+    unknown: bool,
+}
+
+impl Traffic {
+    fn wrote(&mut self, bytes: &[u8]) {
+        if !self.on {
+            return;
+        }
+        let (requests, unknown) = (&mut self.requests, &mut self.unknown);
+        self.sent.feed(bytes, |t| match t {
+            b'S' | b'Q' => *requests += 1,
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => {}
+            _ => *unknown = true,
+        });
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        if !self.on {
+            return;
+        }
+        let answers = &mut self.answers;
+        self.received.feed(bytes, |t| {
+            if t == b'Z' {
+                *answers += 1;
+            }
+        });
+    }
+
+    /// tokio-postgres has no request in flight.
+    fn idle(&self) -> bool {
+        self.on
+            && !self.unknown
+            && self.requests == self.answers
+            && self.sent.at_boundary()
+            && self.received.at_boundary()
+    }
+}
+
+struct Inner {
+    sock: Sock,
+    borrowed: bool,
+    traffic: Traffic,
+}
+
 struct Shared {
-    sock: Mutex<Sock>,
-    borrowed: AtomicBool,
+    inner: Mutex<Inner>,
     /// tokio-postgres' connection task, waiting for a borrow to end.
     parked: AtomicWaker,
 }
 
 impl Shared {
-    fn sock(&self) -> MutexGuard<'_, Sock> {
-        self.sock.lock().unwrap_or_else(|p| p.into_inner())
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.sock()).poll_read(cx, buf)
+        Pin::new(&mut self.inner().sock).poll_read(cx, buf)
     }
 
     fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.sock()).poll_write(cx, buf)
+        Pin::new(&mut self.inner().sock).poll_write(cx, buf)
     }
 
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.sock()).poll_flush(cx)
+        Pin::new(&mut self.inner().sock).poll_flush(cx)
     }
 
     fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.sock()).poll_shutdown(cx)
+        Pin::new(&mut self.inner().sock).poll_shutdown(cx)
     }
 
-    /// Whether tokio-postgres must wait; registers its waker when so.
-    fn park(&self, cx: &mut Context<'_>) -> bool {
-        if !self.borrowed.load(Ordering::SeqCst) {
-            return false;
+    /// The socket for tokio-postgres, or `None` (its waker parked) while it is borrowed. The
+    /// check and the I/O happen under one lock, so a borrow can never start in between.
+    fn for_stream(&self, cx: &mut Context<'_>) -> Option<MutexGuard<'_, Inner>> {
+        let inner = self.inner();
+        if inner.borrowed {
+            self.parked.register(cx.waker());
+            return None;
         }
-        self.parked.register(cx.waker());
-        self.borrowed.load(Ordering::SeqCst)
+        Some(inner)
     }
 }
 
@@ -186,18 +292,41 @@ impl SocketHandle {
     /// Wraps a connected socket; the [`PgStream`] goes to tokio-postgres.
     pub fn new(sock: Sock) -> (SocketHandle, PgStream) {
         let shared = Arc::new(Shared {
-            sock: Mutex::new(sock),
-            borrowed: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                sock,
+                borrowed: false,
+                traffic: Traffic::default(),
+            }),
             parked: AtomicWaker::new(),
         });
         (SocketHandle(shared.clone()), PgStream(shared))
     }
 
+    /// Starts following tokio-postgres' traffic; called once the connection is ready for
+    /// queries (the startup exchange is complete, nothing is in flight).
+    pub fn track(&self) {
+        self.0.inner().traffic = Traffic {
+            on: true,
+            ..Traffic::default()
+        };
+    }
+
     /// Takes the socket from tokio-postgres until the guard is dropped. The caller must hold
     /// the connection exclusively and have nothing in flight through tokio-postgres.
     pub fn borrow(&self) -> Borrowed<'_> {
-        self.0.borrowed.store(true, Ordering::SeqCst);
+        self.0.inner().borrowed = true;
         Borrowed(&self.0)
+    }
+
+    /// Takes the socket if tokio-postgres has no request in flight right now (see the module
+    /// docs); `None` otherwise, and the caller settles the connection with a round trip first.
+    pub fn borrow_if_idle(&self) -> Option<Borrowed<'_>> {
+        let mut inner = self.0.inner();
+        if !inner.traffic.idle() {
+            return None;
+        }
+        inner.borrowed = true;
+        Some(Borrowed(&self.0))
     }
 }
 
@@ -235,7 +364,7 @@ impl AsyncWrite for &Borrowed<'_> {
 
 impl Drop for Borrowed<'_> {
     fn drop(&mut self) {
-        self.0.borrowed.store(false, Ordering::SeqCst);
+        self.0.inner().borrowed = false;
         self.0.parked.wake();
     }
 }
@@ -249,10 +378,15 @@ impl AsyncRead for PgStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.0.park(cx) {
+        let Some(mut inner) = self.0.for_stream(cx) else {
             return Poll::Pending;
+        };
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut inner.sock).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            inner.traffic.read(&buf.filled()[before..]);
         }
-        self.0.poll_read(cx, buf)
+        polled
     }
 }
 
@@ -262,17 +396,21 @@ impl AsyncWrite for PgStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.0.park(cx) {
+        let Some(mut inner) = self.0.for_stream(cx) else {
             return Poll::Pending;
+        };
+        let polled = Pin::new(&mut inner.sock).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            inner.traffic.wrote(&buf[..n]);
         }
-        self.0.poll_write(cx, buf)
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.0.park(cx) {
+        let Some(mut inner) = self.0.for_stream(cx) else {
             return Poll::Pending;
-        }
-        self.0.poll_flush(cx)
+        };
+        Pin::new(&mut inner.sock).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -305,6 +443,60 @@ mod tests {
         b.write_all(b"again").await.unwrap();
         stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"again");
+    }
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn traffic_is_idle_only_when_every_sync_is_answered_at_a_message_boundary() {
+        let mut t = Traffic::default();
+        t.wrote(&message(b'Q', b"SELECT 1\0"));
+        assert!(!t.idle(), "not followed before track()");
+        t.on = true;
+        assert!(t.idle());
+        let mut request = message(b'B', b"\0s1\0\0\0\0\0\0\0");
+        request.extend(message(b'E', b"\0\0\0\0\0"));
+        request.extend(message(b'S', b""));
+        // Written in pieces that split headers and bodies.
+        for piece in request.chunks(3) {
+            t.wrote(piece);
+        }
+        assert_eq!(t.requests, 1);
+        assert!(!t.idle(), "a Sync is in flight");
+        let mut answer = message(b'2', b"");
+        answer.extend(message(b'D', &[0, 1, 0, 0, 0, 1, b'7']));
+        answer.extend(message(b'C', b"SELECT 1\0"));
+        answer.extend(message(b'Z', b"I"));
+        let (head, tail) = answer.split_at(answer.len() - 1);
+        t.read(head);
+        assert_eq!(t.answers, 1, "the ReadyForQuery header has arrived");
+        assert!(!t.idle(), "its body has not");
+        t.read(tail);
+        assert!(t.idle());
+        // Something that is never answered with ReadyForQuery: never idle again.
+        t.wrote(&message(b'X', b""));
+        assert!(!t.idle());
+    }
+
+    #[tokio::test]
+    async fn a_borrow_waits_for_what_the_stream_has_in_flight() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
+        handle.track();
+        stream.write_all(&message(b'S', b"")).await.unwrap();
+        assert!(handle.borrow_if_idle().is_none(), "the Sync is unanswered");
+        let mut sync = [0u8; 5];
+        b.read_exact(&mut sync).await.unwrap();
+        b.write_all(&message(b'Z', b"I")).await.unwrap();
+        let mut ready = [0u8; 6];
+        stream.read_exact(&mut ready).await.unwrap();
+        let borrowed = handle.borrow_if_idle().expect("idle once answered");
+        drop(borrowed);
     }
 
     #[test]
