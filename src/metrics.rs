@@ -373,12 +373,17 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
     );
     let mut grouped = Family::new(
         "qail_pipeline_grouped_statements_total",
-        "Pipeline statements sent in read-only groups with one Sync per group.",
+        "Statements sent in read-only groups with one Sync per group (pipelines, and single statements coalesced on a shared connection).",
         COUNTER,
     );
     let mut reruns = Family::new(
         "qail_pipeline_grouped_reruns_total",
         "Grouped statements run again one by one (failed or skipped inside their group).",
+        COUNTER,
+    );
+    let mut coalesced = Family::new(
+        "qail_coalesced_statements_total",
+        "Single statements that waited on a shared connection and ran together with others.",
         COUNTER,
     );
     for upstream in supervisor.all() {
@@ -408,6 +413,7 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         evictions.push(&label, cache.evictions as f64);
         grouped.push(&label, pool.grouped_statements as f64);
         reruns.push(&label, pool.grouped_reruns as f64);
+        coalesced.push(&label, pool.coalesced_statements as f64);
     }
     [
         up,
@@ -425,6 +431,7 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         evictions,
         grouped,
         reruns,
+        coalesced,
     ]
     .into_iter()
     .map(|f| f.family)

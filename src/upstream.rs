@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{HandleGen, StatementCache};
 use crate::config::UpstreamConfig;
 use crate::error::{Code, Error};
+use crate::pg::coalesce::Gate;
 use crate::pg::conn::{describe_connect_error, ConnectError, PgConn, PgManager};
 
 /// A connection checked out of an upstream's pool, owned (not borrowed from the pool).
@@ -79,6 +80,9 @@ pub struct PoolStats {
     /// one because they failed or were skipped inside their group.
     pub grouped_statements: u64,
     pub grouped_reruns: u64,
+    /// Single statements that queued on a shared connection and ran together with others
+    /// (see `pg::coalesce`).
+    pub coalesced_statements: u64,
 }
 
 /// One pooled upstream database.
@@ -105,11 +109,13 @@ pub struct Upstream {
     pub grouped: GroupedCounters,
 }
 
-/// How much of the pipeline traffic ran grouped, and how much of it had to run again.
+/// How much of the pipeline traffic ran grouped, and how much of it had to run again; how
+/// many single statements waited on a shared connection and ran together (`pg::coalesce`).
 #[derive(Debug, Default)]
 pub struct GroupedCounters {
     pub statements: AtomicU64,
     pub reruns: AtomicU64,
+    pub coalesced: AtomicU64,
 }
 
 /// Requests that may share one connection at once. tokio-postgres pipelines concurrent
@@ -121,6 +127,8 @@ struct Lane {
     conn: Checkout,
     /// Requests using the lane; only changed with the upstream's `lanes` lock held.
     users: AtomicU64,
+    /// Where read-only statements on the lane queue to run together (`pg::coalesce`).
+    gate: Gate,
 }
 
 /// One request's share of a pooled connection. Autocommit statements that leave no session
@@ -137,6 +145,31 @@ impl std::ops::Deref for Lease {
     type Target = PgConn;
     fn deref(&self) -> &PgConn {
         &self.lane.conn
+    }
+}
+
+impl Lease {
+    /// The lane's coalescing queue.
+    pub fn gate(&self) -> &Gate {
+        &self.lane.gate
+    }
+
+    /// Another share of the same connection (it stays out of the pool until every share ends).
+    pub fn share(&self) -> Lease {
+        let _lanes = self.up.lanes();
+        self.lane.users.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            lane: self.lane.clone(),
+            up: self.up.clone(),
+        }
+    }
+
+    pub fn grouped(&self) -> &GroupedCounters {
+        &self.up.grouped
+    }
+
+    pub fn upstream_name(&self) -> &str {
+        self.up.name()
     }
 }
 
@@ -328,6 +361,7 @@ impl Upstream {
         let lane = Arc::new(Lane {
             conn,
             users: AtomicU64::new(1),
+            gate: Gate::default(),
         });
         self.lanes().push(lane.clone());
         Lease {
@@ -423,6 +457,7 @@ impl Upstream {
             errors: self.errors.load(Ordering::Relaxed),
             grouped_statements: self.grouped.statements.load(Ordering::Relaxed),
             grouped_reruns: self.grouped.reruns.load(Ordering::Relaxed),
+            coalesced_statements: self.grouped.coalesced.load(Ordering::Relaxed),
         }
     }
 

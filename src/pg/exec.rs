@@ -20,8 +20,10 @@ use tokio_postgres::{Client, Column, Row, Statement};
 use crate::catalog::{Entry, Shape};
 use crate::error::{Code, Error};
 use crate::ipc::request::Target;
+use crate::pg::burst;
+use crate::pg::coalesce::{self, Work};
 use crate::pg::conn::PgConn;
-use crate::upstream::Upstream;
+use crate::upstream::{Lease, Upstream};
 use crate::values::{param_text, type_name, write_json_str, write_value, RawCell, TextParam};
 
 /// How long a cancelled statement may take to wind down before its connection is discarded.
@@ -121,6 +123,18 @@ pub struct Outcome {
     pub affected: u64,
 }
 
+/// Runs one statement once through tokio-postgres.
+pub async fn run_outcome(
+    client: &Client,
+    stmt: &Statement,
+    params: &[TextParam],
+    keep_rows: bool,
+) -> Result<Outcome, Error> {
+    run_raw(client, stmt, params, keep_rows)
+        .await
+        .map_err(Error::from)
+}
+
 async fn run_raw(
     client: &Client,
     stmt: &Statement,
@@ -147,7 +161,9 @@ async fn run_raw(
 
 /// Runs one statement once. Outside a transaction a stale prepared statement (schema change) is
 /// prepared again and the statement retried once; inside one, PostgreSQL has already aborted
-/// the transaction, so the error is returned (the next use re-prepares).
+/// the transaction, so the error is returned (the next use re-prepares). On a connection
+/// shared with other requests (`shared`), a read-only statement may run grouped with theirs
+/// (`pg::coalesce`).
 pub async fn run_one(
     up: &Upstream,
     conn: &PgConn,
@@ -155,13 +171,25 @@ pub async fn run_one(
     params: &[&RawValue],
     keep_rows: bool,
     in_transaction: bool,
+    shared: Option<&Lease>,
 ) -> Result<(Arc<Entry>, Statement, Outcome), Error> {
     let (entry, stmt) = prepare_on(up, conn, target).await?;
     let text = convert_params(&stmt, params)?;
-    match run_raw(&conn.client, &stmt, &text, keep_rows).await {
+    let first = match shared {
+        Some(lease) if !in_transaction && burst::eligible(&entry.class) => {
+            let work = Work {
+                entry: entry.clone(),
+                stmt: stmt.clone(),
+                params: text,
+                keep_rows,
+            };
+            coalesce::run(lease, work).await
+        }
+        _ => run_outcome(&conn.client, &stmt, &text, keep_rows).await,
+    };
+    match first {
         Ok(outcome) => Ok((entry, stmt, outcome)),
         Err(e) => {
-            let e = Error::from(e);
             if !e.is_stale_statement() {
                 if e.is_disconnect() {
                     conn.mark_broken();

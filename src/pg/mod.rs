@@ -1,7 +1,9 @@
 //! PostgreSQL side: pooled connections (`conn`) over sockets the daemon opens (`socket`),
-//! statement execution (`exec`) and grouped read-only pipelines (`burst`).
+//! statement execution (`exec`), grouped read-only pipelines (`burst`) and the coalescing of
+//! concurrent single statements into such groups (`coalesce`).
 
 pub mod burst;
+pub mod coalesce;
 pub mod conn;
 pub mod exec;
 pub mod socket;

@@ -35,7 +35,7 @@ const ADMIN_TOKEN: &str = "admin-token-5f1c9d";
 // ---------------------------------------------------------------------------------------------
 
 /// A daemon running in this process with its admin server on 127.0.0.1 and a free port.
-struct AdminDaemon {
+pub(crate) struct AdminDaemon {
     admin: SocketAddr,
     socket: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
@@ -75,24 +75,24 @@ impl AdminDaemon {
     }
 
     /// A daemon serving `db` as `main`, with `tweak` applied to its configuration.
-    async fn for_db(db: &TestDb, tweak: impl FnOnce(&mut Config)) -> AdminDaemon {
+    pub(crate) async fn for_db(db: &TestDb, tweak: impl FnOnce(&mut Config)) -> AdminDaemon {
         let dir = temp_dir();
         let mut cfg = base_config(db.cluster, &db.name, &dir.path().join("qail.sock"));
         tweak(&mut cfg);
         AdminDaemon::start(cfg, dir, None).await
     }
 
-    async fn client(&self) -> RawClient {
+    pub(crate) async fn client(&self) -> RawClient {
         RawClient::connect(&self.socket).await
     }
 
-    async fn connected(&self) -> RawClient {
+    pub(crate) async fn connected(&self) -> RawClient {
         let mut c = self.client().await;
         c.connect_main().await;
         c
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         json_of(http(self.admin, "GET", path, None).await)
     }
 
@@ -100,7 +100,7 @@ impl AdminDaemon {
         json_of(http(self.admin, "POST", path, token).await)
     }
 
-    async fn scrape(&self) -> Metrics {
+    pub(crate) async fn scrape(&self) -> Metrics {
         let (status, text) = http(self.admin, "GET", "/metrics", None).await;
         assert_eq!(status, 200, "{text}");
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
@@ -212,7 +212,7 @@ fn json_of((status, body): (u16, String)) -> (u16, Value) {
 }
 
 /// A parsed scrape with lookups by name and labels.
-struct Metrics(Scrape);
+pub(crate) struct Metrics(Scrape);
 
 impl Metrics {
     /// The value of the series `name{labels}`, if present. Histograms give their sample count.
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     /// Like [`Metrics::get`], 0 when the series does not exist yet.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or(0.0)
     }
 }

@@ -10,6 +10,7 @@ mod support;
 
 mod admin;
 mod catalog;
+mod coalesce;
 mod errors;
 mod faults;
 mod grouped;

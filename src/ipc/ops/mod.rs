@@ -132,27 +132,31 @@ pub async fn run_sql(
     if op == Op::Prepare && statements::prepare_cached(up, req, reply)? {
         return Ok(());
     }
-    let mut borrowed = None;
-    let mut leased = None;
-    let (conn, failed): (&PgConn, _) = match tx {
+    let borrowed;
+    let leased;
+    let (conn, failed, shared): (&PgConn, _, _) = match tx {
         Some(tx) => {
             if !Arc::ptr_eq(&tx.up, up) {
                 return Err(Error::new(Code::Internal, "transaction upstream mismatch"));
             }
             let (conn, failed) = tx.parts();
-            (conn, Some(failed))
+            (conn, Some(failed), None)
         }
         None if limit.is_none() && may_share(op, up, req) => {
-            (&**leased.insert(up.lease().await?), None)
+            leased = up.lease().await?;
+            (&*leased, None, Some(&leased))
         }
-        None => (&**borrowed.insert(up.checkout().await?), None),
+        None => {
+            borrowed = up.checkout().await?;
+            (&*borrowed, None, None)
+        }
     };
     let in_tx = failed.is_some();
     let work = async {
         match op {
             Op::Prepare => statements::prepare(up, conn, req, reply).await,
-            Op::Query => statements::query(up, conn, in_tx, req, reply, true).await,
-            Op::Execute => statements::query(up, conn, in_tx, req, reply, false).await,
+            Op::Query => statements::query(up, conn, in_tx, req, reply, true, shared).await,
+            Op::Execute => statements::query(up, conn, in_tx, req, reply, false, shared).await,
             Op::Pipeline => pipeline::pipeline(up, conn, in_tx, req, reply).await,
             Op::Batch => pipeline::batch(up, conn, in_tx, req, reply).await,
             _ => Err(Error::new(

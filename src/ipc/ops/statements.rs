@@ -6,7 +6,7 @@ use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, Target};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{self, lookup, prepare_on, run_one, write_columns, write_query_fields};
-use crate::upstream::Upstream;
+use crate::upstream::{Lease, Upstream};
 
 /// The SQL of a `prepare` request.
 pub fn prepare_sql<'r>(req: &'r Request<'_>) -> Result<&'r str, Error> {
@@ -56,6 +56,7 @@ pub async fn query(
     req: &Request<'_>,
     reply: &mut Reply,
     with_rows: bool,
+    shared: Option<&Lease>,
 ) -> Result<(), Error> {
     let op = if with_rows { "query" } else { "execute" };
     if req.params_batch.is_some() || req.statements.is_some() {
@@ -66,7 +67,7 @@ pub async fn query(
     let target = Target::from_fields(&req.sql, &req.handle, op)?;
     let params = req.params.as_deref().unwrap_or(&[]);
     let (entry, stmt, outcome) =
-        run_one(up, conn, target, params, with_rows, in_transaction).await?;
+        run_one(up, conn, target, params, with_rows, in_transaction, shared).await?;
     if with_rows {
         let mut columns = Vec::with_capacity(64);
         write_columns(&mut columns, stmt.columns());

@@ -1,0 +1,184 @@
+//! Coalescing: single read-only statements of different clients that share one connection
+//! (an `upstream::Lease`) run together as one grouped burst (`pg::burst`) instead of one Sync
+//! each.
+//!
+//! Each shared connection has a [`Gate`]. A statement that finds the gate free runs at once,
+//! through tokio-postgres as it would alone, so a lone client pays nothing for coalescing.
+//! Statements that arrive while the gate is busy wait in its queue; when the running work
+//! ends, everything queued is handed to a runner task that executes it as one burst (a single
+//! statement, or a few, go through tokio-postgres pipelined instead) and answers each waiter,
+//! then takes what queued up meanwhile, until the queue is empty.
+//!
+//! Invariants:
+//! - Only statements that [`burst::eligible`] accepts are queued, and only outside a
+//!   transaction: a group is one read-only implicit transaction, and a statement that fails or
+//!   is skipped in it runs again on its own, so every client sees exactly the answer it would
+//!   have had alone (`pg::burst`).
+//! - The runner is a task of its own holding a share of the connection, never the future of a
+//!   client's request: a client that disconnects while its statement waits or runs cannot
+//!   strand the others queued behind it.
+//! - The gate's lock is held for queue operations only, never across an await.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+use tokio_postgres::Statement;
+use tracing::Instrument;
+
+use crate::catalog::Entry;
+use crate::error::{Code, Error};
+use crate::pg::burst::{self, Grouping, Item};
+use crate::pg::exec::{run_outcome, run_statements, Outcome};
+use crate::upstream::Lease;
+use crate::values::TextParam;
+
+/// Below this many queued statements the runner pipelines them through tokio-postgres: the
+/// group's read-only switch would cost about what the saved Syncs do.
+const MIN_GROUP: usize = 3;
+
+/// The queue of one shared connection.
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Something runs on the connection through this gate (a statement or a runner).
+    busy: bool,
+    waiting: Vec<Job>,
+}
+
+impl Gate {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One statement to run: what `pg::exec::run_one` would run on its own.
+pub struct Work {
+    pub entry: Arc<Entry>,
+    pub stmt: Statement,
+    pub params: Vec<TextParam>,
+    pub keep_rows: bool,
+}
+
+struct Job {
+    work: Work,
+    answer: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+/// Runs `work` on the leased connection, together with its neighbours' statements when they
+/// arrive at once. `work.entry` must be [`burst::eligible`] and `work.stmt` prepared on the
+/// connection; the request must be outside a transaction.
+pub async fn run(lease: &Lease, work: Work) -> Result<Outcome, Error> {
+    let work = {
+        let mut state = lease.gate().state();
+        if state.busy {
+            let (answer, waiting) = oneshot::channel();
+            state.waiting.push(Job { work, answer });
+            Err(waiting)
+        } else {
+            state.busy = true;
+            Ok(work)
+        }
+    };
+    let work = match work {
+        Ok(work) => work,
+        Err(waiting) => {
+            return waiting.await.unwrap_or_else(|_| {
+                Err(Error::new(
+                    Code::UpstreamUnavailable,
+                    "the connection running this statement together with others was lost",
+                ))
+            })
+        }
+    };
+    // The gate was free: run alone, then hand whatever queued up meanwhile to a runner (also
+    // when this request is dropped half-way).
+    let turn = Turn(lease);
+    let result = run_outcome(&lease.client, &work.stmt, &work.params, work.keep_rows).await;
+    drop(turn);
+    result
+}
+
+/// The gate's holder, while a request runs its own statement.
+struct Turn<'a>(&'a Lease);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        release(self.0);
+    }
+}
+
+/// Frees the gate, or hands what is queued to a new runner.
+fn release(lease: &Lease) {
+    let jobs = {
+        let mut state = lease.gate().state();
+        if state.waiting.is_empty() {
+            state.busy = false;
+            return;
+        }
+        std::mem::take(&mut state.waiting)
+    };
+    let share = lease.share();
+    let span = tracing::debug_span!("coalesce", upstream = %lease.upstream_name());
+    tokio::spawn(runner(share, jobs).instrument(span));
+}
+
+/// Runs queued statements until the queue stays empty, answering each waiter.
+async fn runner(lease: Lease, mut jobs: Vec<Job>) {
+    loop {
+        let results = run_jobs(&lease, &jobs).await;
+        lease
+            .grouped()
+            .coalesced
+            .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for (job, result) in jobs.drain(..).zip(results) {
+            // A waiter that went away (its client disconnected) just drops its answer.
+            let _ = job.answer.send(result);
+        }
+        let mut state = lease.gate().state();
+        if state.waiting.is_empty() {
+            state.busy = false;
+            return;
+        }
+        jobs = std::mem::take(&mut state.waiting);
+    }
+}
+
+async fn run_jobs(lease: &Lease, jobs: &[Job]) -> Vec<Result<Outcome, Error>> {
+    let keep_rows = jobs.iter().any(|j| j.work.keep_rows);
+    if jobs.len() < MIN_GROUP {
+        let results = run_statements(
+            &lease.client,
+            jobs.iter()
+                .map(|j| (&j.work.stmt, j.work.params.as_slice())),
+            keep_rows,
+        )
+        .await;
+        if results
+            .iter()
+            .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
+        {
+            lease.mark_broken();
+        }
+        return results;
+    }
+    let items: Vec<Item<'_>> = jobs
+        .iter()
+        .map(|j| Item {
+            entry: &j.work.entry,
+            stmt: &j.work.stmt,
+            params: &j.work.params,
+        })
+        .collect();
+    burst::run_items(
+        lease,
+        &items,
+        keep_rows,
+        lease.grouped(),
+        Grouping::ReadOnly,
+    )
+    .await
+}

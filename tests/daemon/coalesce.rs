@@ -1,0 +1,227 @@
+//! Coalescing (`pg::coalesce`): single read-only statements of concurrent requests that share
+//! one pooled connection run together as one group. Each test sends many requests at once over
+//! a pool of one connection, checks that every client gets exactly the answer it would have
+//! had alone, and reads the daemon's metrics to make sure the statements really were coalesced.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::admin::{AdminDaemon, Metrics};
+use crate::support::client::encode;
+use crate::support::{RawClient, TestDb};
+
+const MAIN: [(&str, &str); 1] = [("upstream", "main")];
+
+async fn one_connection(db: &TestDb) -> AdminDaemon {
+    AdminDaemon::for_db(db, |cfg| cfg.upstreams[0].pool_max = 1).await
+}
+
+/// Requests that share one connection at most (`upstream::LANE_DEPTH`); more wait for the
+/// pool instead, one by one.
+const LANE: usize = 8;
+
+/// Sends the requests in rounds of [`LANE`], each in one write, and reads each round's answers
+/// before the next; returns the answers by request.
+async fn send_all(c: &mut RawClient, requests: &[Value]) -> Vec<Value> {
+    let mut answers = Vec::with_capacity(requests.len());
+    for round in requests.chunks(LANE) {
+        let mut ids = Vec::with_capacity(round.len());
+        let mut frames = Vec::new();
+        for request in round {
+            let mut request = request.clone();
+            let id = c.next_id();
+            request["id"] = json!(id);
+            ids.push(id);
+            frames.extend(encode(&request));
+        }
+        c.send_raw(&frames).await;
+        for id in ids {
+            let answer = c.recv().await;
+            assert_eq!(answer["id"], json!(id), "{answer}");
+            answers.push(answer);
+        }
+    }
+    answers
+}
+
+/// A client whose upstream has its one connection open (a cold pool serves the first
+/// requests one by one while it connects).
+async fn warm_client(daemon: &AdminDaemon) -> RawClient {
+    let mut c = daemon.connected().await;
+    assert_eq!(c.scalar("SELECT 1", json!([])).await, json!(1));
+    c
+}
+
+fn delta(before: &Metrics, after: &Metrics, name: &str) -> f64 {
+    after.value(name, &MAIN) - before.value(name, &MAIN)
+}
+
+/// Request `i` of client `k`: two different statements, `query` and `execute`.
+fn request(k: usize, i: usize) -> Value {
+    match i % 3 {
+        0 => json!({"op": "query", "sql": "SELECT $1::int * 2 AS v", "params": [k * 1000 + i]}),
+        1 => {
+            json!({"op": "query", "sql": "SELECT 'c' || $1::text AS s, $2::int AS n", "params": [k, i]})
+        }
+        _ => json!({"op": "execute", "sql": "SELECT $1::int * 2 AS v", "params": [i]}),
+    }
+}
+
+fn check(k: usize, i: usize, answer: &Value) {
+    assert_eq!(
+        answer["ok"],
+        json!(true),
+        "client {k} request {i}: {answer}"
+    );
+    match i % 3 {
+        0 => {
+            assert_eq!(answer["rows"], json!([[2 * (k * 1000 + i)]]), "{answer}");
+            assert_eq!(answer["columns"], json!([{"name": "v", "type": "int4"}]));
+            assert_eq!(answer["command"], json!("SELECT 1"));
+        }
+        1 => {
+            assert_eq!(answer["rows"], json!([[format!("c{k}"), i]]), "{answer}");
+            assert_eq!(answer["columns"][1], json!({"name": "n", "type": "int4"}));
+        }
+        _ => assert_eq!(answer["rows_affected"], json!(1), "{answer}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_on_a_shared_connection_run_together_and_each_gets_its_answer() {
+    let db = TestDb::new().await;
+    let daemon = one_connection(&db).await;
+    let before = daemon.scrape().await;
+    let clients = (0..4).map(|k| {
+        let daemon = &daemon;
+        async move {
+            let mut c = warm_client(daemon).await;
+            for _ in 0..2 {
+                let requests: Vec<Value> = (0..60).map(|i| request(k, i)).collect();
+                let answers = send_all(&mut c, &requests).await;
+                for (i, answer) in answers.iter().enumerate() {
+                    check(k, i, answer);
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(clients).await;
+    let after = daemon.scrape().await;
+    let coalesced = delta(&before, &after, "qail_coalesced_statements_total");
+    assert!(coalesced > 0.0, "no statement was coalesced");
+    assert!(
+        delta(&before, &after, "qail_pipeline_grouped_statements_total") > 0.0,
+        "no coalesced statements ran as a group"
+    );
+    let (_, pools) = daemon.get("/pools").await;
+    assert_eq!(
+        pools["pools"][0]["coalesced_statements"],
+        json!(coalesced as u64),
+        "{pools}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_read_fails_alone_and_its_group_runs_again() {
+    let db = TestDb::new().await;
+    let daemon = one_connection(&db).await;
+    let mut c = warm_client(&daemon).await;
+    let before = daemon.scrape().await;
+    // Division by zero in requests 0 and 20 of 60, and text PostgreSQL cannot read as an
+    // integer in request 40.
+    let requests: Vec<Value> = (0..60)
+        .map(|i| match i {
+            20 => json!({"op": "query", "sql": "SELECT 600 / $1::int AS q", "params": [0]}),
+            40 => json!({"op": "query", "sql": "SELECT 600 / $1::int AS q", "params": ["x"]}),
+            _ => json!({"op": "query", "sql": "SELECT 600 / $1::int AS q", "params": [i]}),
+        })
+        .collect();
+    let answers = send_all(&mut c, &requests).await;
+    for (i, answer) in answers.iter().enumerate() {
+        match i {
+            20 => assert_eq!(answer["error"]["code"], json!("22012"), "{answer}"),
+            40 => assert_eq!(answer["error"]["code"], json!("22P02"), "{answer}"),
+            0 => assert_eq!(answer["error"]["code"], json!("22012"), "{answer}"),
+            _ => assert_eq!(answer["rows"], json!([[600 / i]]), "request {i}: {answer}"),
+        }
+    }
+    let after = daemon.scrape().await;
+    assert!(delta(&before, &after, "qail_coalesced_statements_total") > 0.0);
+    // The connection is clean: a statement on its own answers.
+    assert_eq!(c.scalar("SELECT 6 * 7", json!([])).await, json!(42));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_select_whose_function_writes_runs_each_write_once() {
+    let db = TestDb::new().await;
+    db.setup(
+        "CREATE TABLE log (v int PRIMARY KEY);
+         INSERT INTO log VALUES (25);
+         CREATE FUNCTION remember(x int) RETURNS int LANGUAGE sql VOLATILE
+             AS 'INSERT INTO log VALUES (x) RETURNING v';",
+    )
+    .await;
+    let daemon = one_connection(&db).await;
+    let mut c = warm_client(&daemon).await;
+    let before = daemon.scrape().await;
+    let requests: Vec<Value> = (0..50)
+        .map(|i| json!({"op": "query", "sql": "SELECT remember($1) AS v", "params": [i]}))
+        .collect();
+    let answers = send_all(&mut c, &requests).await;
+    for (i, answer) in answers.iter().enumerate() {
+        if i == 25 {
+            assert_eq!(answer["error"]["code"], json!("23505"), "{answer}");
+        } else {
+            assert_eq!(answer["rows"], json!([[i]]), "request {i}: {answer}");
+        }
+    }
+    // 49 new rows and the one that was there: every write happened exactly once.
+    assert_eq!(db.count("SELECT count(*) FROM log", &[]).await, 50);
+    let after = daemon.scrape().await;
+    assert!(delta(&before, &after, "qail_coalesced_statements_total") > 0.0);
+    assert!(
+        delta(&before, &after, "qail_pipeline_grouped_reruns_total") > 0.0,
+        "the writes failed in their read-only group and ran again alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
+    let db = TestDb::new().await;
+    let daemon = one_connection(&db).await;
+    let mut slow = warm_client(&daemon).await;
+    let mut leaver = daemon.connected().await;
+    let mut stayer = daemon.connected().await;
+    // The slow statement holds the connection; the others queue behind it.
+    let slow_id = slow.next_id();
+    slow.send(&json!({"id": slow_id, "op": "query", "sql": "SELECT true AS slept FROM pg_sleep($1::float8)", "params": [0.4]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..5 {
+        let id = leaver.next_id();
+        leaver
+            .send(&json!({"id": id, "op": "query", "sql": "SELECT $1::int AS left_behind", "params": [i]}))
+            .await;
+    }
+    let requests: Vec<Value> = (0..5)
+        .map(|i| json!({"op": "query", "sql": "SELECT $1::int + 100 AS stayed", "params": [i]}))
+        .collect();
+    let ids: Vec<i64> = (0..5).map(|_| stayer.next_id()).collect();
+    for (id, request) in ids.iter().zip(&requests) {
+        let mut request = request.clone();
+        request["id"] = json!(id);
+        stayer.send(&request).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(leaver);
+    for (i, id) in ids.iter().enumerate() {
+        let answer = stayer.recv().await;
+        assert_eq!(answer["id"], json!(id));
+        assert_eq!(answer["rows"], json!([[i + 100]]), "{answer}");
+    }
+    let answer = slow.recv().await;
+    assert_eq!(answer["rows"], json!([[true]]), "{answer}");
+    // The one connection is still healthy.
+    assert_eq!(stayer.scalar("SELECT 1 + 1", json!([])).await, json!(2));
+}
