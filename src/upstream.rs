@@ -119,7 +119,8 @@ pub struct GroupedCounters {
 }
 
 /// Requests that may share one connection at once. tokio-postgres pipelines concurrent
-/// queries on a connection, each with its own Sync, so they stay independent.
+/// queries on a connection, each with its own Sync, so they stay independent; read-only ones
+/// queue at the lane's [`Gate`] and run together in groups (`pg::coalesce`).
 const LANE_DEPTH: usize = 8;
 
 /// A pooled connection shared by concurrent autocommit requests.

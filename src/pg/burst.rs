@@ -255,14 +255,14 @@ async fn run_grouped(
     }
     let params: Vec<&[TextParam]> = items.iter().map(|i| i.params).collect();
     encode(&mut out, &params, &names, grouping == Grouping::ReadOnly)?;
-    let socket = match conn.socket.borrow_if_idle() {
-        Some(socket) => socket,
-        None => {
-            // tokio-postgres still has a request in flight: one round trip behind it settles
-            // the connection.
-            conn.client.simple_query("").await?;
-            conn.socket.borrow()
+    let socket = loop {
+        if let Some(socket) = conn.socket.borrow_if_idle() {
+            break socket;
         }
+        // tokio-postgres still has a request in flight: a round trip behind it settles the
+        // connection. Requests sharing the connection may start new ones meanwhile, so the
+        // check is repeated; the borrow itself is taken only while nothing is in flight.
+        conn.client.simple_query("").await?;
     };
     let mut settled = Settled { conn, clean: false };
     let mut reader = Reader::new(items, prepared, keep_rows, grouping);

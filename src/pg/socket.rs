@@ -311,13 +311,6 @@ impl SocketHandle {
         };
     }
 
-    /// Takes the socket from tokio-postgres until the guard is dropped. The caller must hold
-    /// the connection exclusively and have nothing in flight through tokio-postgres.
-    pub fn borrow(&self) -> Borrowed<'_> {
-        self.0.inner().borrowed = true;
-        Borrowed(&self.0)
-    }
-
     /// Takes the socket if tokio-postgres has no request in flight right now (see the module
     /// docs); `None` otherwise, and the caller settles the connection with a round trip first.
     pub fn borrow_if_idle(&self) -> Option<Borrowed<'_>> {
@@ -427,8 +420,9 @@ mod tests {
     async fn a_borrow_hides_the_socket_from_the_stream_until_dropped() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
+        handle.track();
         b.write_all(b"hello").await.unwrap();
-        let borrowed = handle.borrow();
+        let borrowed = handle.borrow_if_idle().expect("nothing is in flight");
         let mut buf = [0u8; 5];
         let blocked = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await;
         assert!(

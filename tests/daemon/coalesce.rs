@@ -225,3 +225,35 @@ async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
     // The one connection is still healthy.
     assert_eq!(stayer.scalar("SELECT 1 + 1", json!([])).await, json!(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_reads_after_a_schema_change_answer_in_the_new_shape() {
+    let db = TestDb::new().await;
+    db.setup("CREATE TABLE t (id int); INSERT INTO t SELECT g FROM generate_series(1, 10) g;")
+        .await;
+    let daemon = one_connection(&db).await;
+    let mut c = warm_client(&daemon).await;
+    let handle = c.prepare("SELECT * FROM t WHERE id = $1").await;
+    let requests: Vec<Value> = (1..=LANE)
+        .map(|i| json!({"op": "query", "handle": handle, "params": [i]}))
+        .collect();
+    let before = daemon.scrape().await;
+    for (i, answer) in send_all(&mut c, &requests).await.iter().enumerate() {
+        assert_eq!(answer["rows"], json!([[i + 1]]), "{answer}");
+    }
+
+    // The connection's prepared copies (tokio-postgres' and the group's own) are now stale.
+    db.setup("ALTER TABLE t ADD COLUMN label text DEFAULT 'x'")
+        .await;
+    for _ in 0..2 {
+        for (i, answer) in send_all(&mut c, &requests).await.iter().enumerate() {
+            assert_eq!(answer["rows"], json!([[i + 1, "x"]]), "{answer}");
+            assert_eq!(
+                answer["columns"],
+                json!([{"name": "id", "type": "int4"}, {"name": "label", "type": "text"}])
+            );
+        }
+    }
+    let after = daemon.scrape().await;
+    assert!(delta(&before, &after, "qail_coalesced_statements_total") > 0.0);
+}
