@@ -257,3 +257,66 @@ async fn coalesced_reads_after_a_schema_change_answer_in_the_new_shape() {
     let after = daemon.scrape().await;
     assert!(delta(&before, &after, "qail_coalesced_statements_total") > 0.0);
 }
+
+/// Everything that may share a connection at once, over and over on a pool of two: grouped
+/// reads by handle, reads of SQL never seen before (prepared through tokio-postgres while
+/// groups run), writes (pipelined through tokio-postgres between groups) and `execute`.
+/// Every answer must be its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_writes_and_prepares_interleave_on_shared_connections() {
+    const CLIENTS: usize = 6;
+    const ROUNDS: usize = 40;
+    let db = TestDb::new().await;
+    db.setup(
+        "CREATE TABLE kv (k int PRIMARY KEY, v text);
+         INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g;
+         CREATE TABLE log (client int, round int, slot int);",
+    )
+    .await;
+    let daemon = AdminDaemon::for_db(&db, |cfg| cfg.upstreams[0].pool_max = 2).await;
+    let before = daemon.scrape().await;
+    let clients = (0..CLIENTS).map(|k| {
+        let daemon = &daemon;
+        async move {
+            let mut c = warm_client(daemon).await;
+            let read = c.prepare("SELECT k, v FROM kv WHERE k = $1").await;
+            for round in 0..ROUNDS {
+                let fresh = format!("SELECT $1::int + {} AS n", k * 1000 + round);
+                let requests: Vec<Value> = (0..LANE)
+                    .map(|slot| match slot % 4 {
+                        0 | 1 => json!({"op": "query", "handle": read, "params": [slot + round + 1]}),
+                        2 => json!({"op": "query", "sql": fresh, "params": [slot]}),
+                        _ => json!({"op": "execute", "sql": "INSERT INTO log VALUES ($1, $2, $3)", "params": [k, round, slot]}),
+                    })
+                    .collect();
+                let answers = send_all(&mut c, &requests).await;
+                for (slot, answer) in answers.iter().enumerate() {
+                    let context = format!("client {k} round {round} slot {slot}: {answer}");
+                    assert_eq!(answer["ok"], json!(true), "{context}");
+                    match slot % 4 {
+                        0 | 1 => {
+                            let key = slot + round + 1;
+                            assert_eq!(answer["rows"], json!([[key, format!("v{key}")]]), "{context}");
+                        }
+                        2 => assert_eq!(answer["rows"], json!([[k * 1000 + round + slot]]), "{context}"),
+                        _ => assert_eq!(answer["rows_affected"], json!(1), "{context}"),
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(clients).await;
+    let writes = CLIENTS * ROUNDS * LANE / 4;
+    assert_eq!(
+        db.count("SELECT count(*) FROM log", &[]).await,
+        writes as i64
+    );
+    assert_eq!(
+        db.count("SELECT count(DISTINCT (client, round, slot)) FROM log", &[])
+            .await,
+        writes as i64,
+        "every write happened exactly once"
+    );
+    let after = daemon.scrape().await;
+    assert!(delta(&before, &after, "qail_coalesced_statements_total") > 0.0);
+}
