@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::catalog::Entry;
 use crate::error::{Code, Error};
 use crate::pg::burst::{self, Grouping, Item};
-use crate::pg::exec::{run_outcome, run_statements, Outcome};
+use crate::pg::exec::{mark_broken_on_disconnect, run_outcome, run_statements, Outcome};
 use crate::upstream::Lease;
 use crate::values::TextParam;
 
@@ -157,12 +157,7 @@ async fn run_jobs(lease: &Lease, jobs: &[Job]) -> Vec<Result<Outcome, Error>> {
             keep_rows,
         )
         .await;
-        if results
-            .iter()
-            .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
-        {
-            lease.mark_broken();
-        }
+        mark_broken_on_disconnect(lease, &results);
         return results;
     }
     let items: Vec<Item<'_>> = jobs

@@ -220,6 +220,16 @@ fn after_failure(conn: &PgConn, e: tokio_postgres::Error) -> Error {
     e
 }
 
+/// Marks `conn` broken when any of `results` lost the connection, so the pool discards it.
+pub fn mark_broken_on_disconnect(conn: &PgConn, results: &[Result<Outcome, Error>]) {
+    if results
+        .iter()
+        .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
+    {
+        conn.mark_broken();
+    }
+}
+
 /// Runs `stmt` once per parameter list, pipelined on this connection, answers in order.
 pub async fn run_pipelined(
     client: &Client,

@@ -18,8 +18,8 @@ use crate::ipc::request::{Request, Target};
 use crate::pg::burst::{self, Grouping};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
-    convert_params, prepare_on, run_pipelined, run_statements, write_columns, write_query_fields,
-    write_result_fields, write_rows, Outcome,
+    convert_params, mark_broken_on_disconnect, prepare_on, run_pipelined, run_statements,
+    write_columns, write_query_fields, write_result_fields, write_rows, Outcome,
 };
 use crate::upstream::{GroupedCounters, Upstream};
 use crate::values::{write_json_str, TextParam};
@@ -221,12 +221,7 @@ pub async fn batch(
         true,
     )
     .await;
-    if results
-        .iter()
-        .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
-    {
-        conn.mark_broken();
-    }
+    mark_broken_on_disconnect(conn, &results);
     let failure = first_failure(&mut results);
     close_atomic(conn, atomic, in_transaction, failure.is_none()).await?;
     if let Some(e) = failure {
@@ -320,12 +315,7 @@ async fn run_spread(
                     all
                 }
             };
-            if results
-                .iter()
-                .any(|r| r.as_ref().err().is_some_and(Error::is_disconnect))
-            {
-                c.mark_broken();
-            }
+            mark_broken_on_disconnect(c, &results);
             results
         });
     let parts = futures_util::future::join_all(chunks).await;
