@@ -121,3 +121,66 @@ async fn a_postgresql_restart_is_survived() {
     daemon.shutdown().await;
     blocking(move || drop(cluster)).await;
 }
+
+/// Reads queued on a shared connection (`pg::coalesce`) while PostgreSQL goes away each get an
+/// answer — an error, never a hang — and the daemon serves again once PostgreSQL is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_reads_waiting_when_postgresql_stops_are_answered() {
+    let cluster = blocking(PgCluster::start_private).await;
+    cluster.wait_ready().await;
+    let dir = temp_dir();
+    let mut cfg = config_for(&cluster, &dir);
+    cfg.upstreams[0].pool_max = 1;
+    let daemon = TestDaemon::start_config(cfg, dir).await;
+    let mut slow = daemon.connected().await;
+    assert_eq!(slow.scalar("SELECT 1", json!([])).await, json!(1));
+    let mut waiting = daemon.connected().await;
+    // Prepared on the one connection beforehand, so the six reads below go straight to its
+    // queue instead of waiting to prepare.
+    assert_eq!(
+        waiting.scalar("SELECT $1::int AS queued", json!([7])).await,
+        json!(7)
+    );
+
+    // A long read holds the one connection; six more queue behind it.
+    let slow_id = slow.next_id();
+    slow.send(&json!({"id": slow_id, "op": "query", "sql": "SELECT true AS woke FROM pg_sleep($1::float8)", "params": [30]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut frames = Vec::new();
+    let ids: Vec<i64> = (0..6).map(|_| waiting.next_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        frames.extend(crate::support::client::encode(
+            &json!({"id": id, "op": "query", "sql": "SELECT $1::int AS queued", "params": [i]}),
+        ));
+    }
+    waiting.send_raw(&frames).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut cluster = cluster;
+    cluster = blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await;
+    let answer = slow.recv().await;
+    assert_eq!(answer["id"], json!(slow_id));
+    assert_eq!(answer["ok"], json!(false), "{answer}");
+    for id in &ids {
+        // The connection was lost under each queued read: an unavailability error for each.
+        let answer = waiting.recv().await;
+        assert_eq!(answer["id"], json!(id), "{answer}");
+        let code = answer["error"]["code"].as_str().unwrap_or_default();
+        assert!(UNAVAILABLE.contains(&code) || code == "57P01", "{answer}");
+    }
+
+    cluster = blocking(move || {
+        cluster.start().unwrap_or_else(|e| panic!("{e}"));
+        cluster
+    })
+    .await;
+    cluster.wait_ready().await;
+    query_until_ok(&mut waiting).await;
+    daemon.shutdown().await;
+    blocking(move || drop(cluster)).await;
+}
