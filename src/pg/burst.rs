@@ -20,8 +20,10 @@
 //!   timeout): it is reported, not run again.
 //! - The socket is borrowed only while tokio-postgres has nothing in flight (`pg::socket`
 //!   follows its requests and answers; when something is in flight, one round trip behind it
-//!   settles the connection first). If the burst is abandoned half-way the connection is
-//!   marked broken and the pool discards it.
+//!   settles the connection first, a few times at most before the statements run the ordinary
+//!   way). If the burst is abandoned half-way the socket is poisoned (tokio-postgres' own
+//!   requests on it fail instead of reading the rest of the burst's answers) and the pool
+//!   discards the connection.
 
 use std::future::poll_fn;
 use std::io;
@@ -41,7 +43,7 @@ use std::sync::Arc;
 use crate::catalog::Entry;
 use crate::error::{Code, Error, ServerError};
 use crate::pg::conn::PgConn;
-use crate::pg::exec::{run_statements, Outcome};
+use crate::pg::exec::{mark_broken_on_disconnect, run_statements, Outcome};
 use crate::pg::socket::Borrowed;
 use crate::sql::Classified;
 use crate::upstream::GroupedCounters;
@@ -127,11 +129,25 @@ pub async fn run_items(
     if items.is_empty() {
         return Vec::new();
     }
-    counters
-        .statements
-        .fetch_add(items.len() as u64, Ordering::Relaxed);
     let mut slots = match run_grouped(conn, items, keep_rows, grouping).await {
-        Ok(slots) => slots,
+        Ok(Some(slots)) => {
+            counters
+                .statements
+                .fetch_add(items.len() as u64, Ordering::Relaxed);
+            slots
+        }
+        Ok(None) => {
+            // The connection never fell idle (requests sharing it kept it busy): run the
+            // statements through tokio-postgres, pipelined, each with its own Sync.
+            let results = run_statements(
+                &conn.client,
+                items.iter().map(|i| (i.stmt, i.params)),
+                keep_rows,
+            )
+            .await;
+            mark_broken_on_disconnect(conn, &results);
+            return results;
+        }
         Err(e) => {
             conn.mark_broken();
             let message = e.to_string();
@@ -206,12 +222,32 @@ struct Prepared<'a> {
     described: Option<bool>,
 }
 
+/// Settling round trips a burst waits through for the connection to fall idle before it runs
+/// its statements the ordinary way instead.
+const SETTLE_ATTEMPTS: usize = 4;
+
+/// The burst itself; `None` when the socket could not be borrowed (see [`SETTLE_ATTEMPTS`]).
 async fn run_grouped(
     conn: &PgConn,
     items: &[Item<'_>],
     keep_rows: bool,
     grouping: Grouping,
-) -> Result<Vec<Slot>, Error> {
+) -> Result<Option<Vec<Slot>>, Error> {
+    let mut socket = conn.socket.borrow_if_idle();
+    for _ in 0..SETTLE_ATTEMPTS {
+        if socket.is_some() {
+            break;
+        }
+        // tokio-postgres still has a request in flight: a round trip behind it settles the
+        // connection. Requests sharing the connection may start new ones meanwhile, so the
+        // check is repeated; the borrow itself is taken only while nothing is in flight.
+        conn.client.simple_query("").await?;
+        socket = conn.socket.borrow_if_idle();
+    }
+    let Some(socket) = socket else {
+        return Ok(None);
+    };
+    let mut settled = Settled { conn, clean: false };
     // Each item's statement name; the ones not yet prepared on the server are parsed and
     // described first, in order.
     let mut prepared: Vec<Prepared<'_>> = Vec::new();
@@ -255,23 +291,21 @@ async fn run_grouped(
     }
     let params: Vec<&[TextParam]> = items.iter().map(|i| i.params).collect();
     encode(&mut out, &params, &names, grouping == Grouping::ReadOnly)?;
-    let socket = loop {
-        if let Some(socket) = conn.socket.borrow_if_idle() {
-            break socket;
-        }
-        // tokio-postgres still has a request in flight: a round trip behind it settles the
-        // connection. Requests sharing the connection may start new ones meanwhile, so the
-        // check is repeated; the borrow itself is taken only while nothing is in flight.
-        conn.client.simple_query("").await?;
-    };
-    let mut settled = Settled { conn, clean: false };
     let mut reader = Reader::new(items, prepared, keep_rows, grouping);
     let write = async {
         (&socket).write_all(&out).await.map_err(lost)?;
         (&socket).flush().await.map_err(lost)
     };
     futures_util::future::try_join(write, reader.read_all(&socket)).await?;
-    drop(socket);
+    if reader.unfinished {
+        // Part of an asynchronous message is still in the socket: tokio-postgres would read
+        // the rest out of step. The answers stand; the connection does not.
+        tracing::debug!("a message was cut after a grouped burst; discarding the connection");
+        drop(socket);
+        conn.mark_broken();
+    } else {
+        socket.release();
+    }
     settled.clean = true;
 
     let mut burst = conn.burst_statements();
@@ -306,7 +340,7 @@ async fn run_grouped(
             };
         }
     }
-    Ok(slots)
+    Ok(Some(slots))
 }
 
 fn lost(e: io::Error) -> Error {
@@ -393,6 +427,8 @@ struct Reader<'a> {
     group_end: usize,
     /// The group's read-only switch has answered.
     ready: bool,
+    /// Bytes of a message were left after the last ReadyForQuery.
+    unfinished: bool,
     rows: Vec<postgres_protocol::message::backend::DataRowBody>,
 }
 
@@ -416,6 +452,7 @@ impl<'a> Reader<'a> {
             next: 0,
             group_end: n.min(GROUP),
             ready: grouping == Grouping::InTransaction,
+            unfinished: false,
             rows: Vec::new(),
         }
     }
@@ -425,7 +462,7 @@ impl<'a> Reader<'a> {
         loop {
             while let Some(message) = Message::parse(&mut buf).map_err(protocol)? {
                 if self.on_message(message)? {
-                    return Ok(());
+                    return self.after_end(&mut buf);
                 }
             }
             if buf.capacity() - buf.len() < 8 * 1024 {
@@ -439,6 +476,21 @@ impl<'a> Reader<'a> {
                 return Err(lost(io::ErrorKind::UnexpectedEof.into()));
             }
         }
+    }
+
+    /// What was read past the last ReadyForQuery: only asynchronous messages may be there
+    /// (dropped, as tokio-postgres drops them when idle).
+    fn after_end(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        while let Some(message) = Message::parse(buf).map_err(protocol)? {
+            match message {
+                Message::NoticeResponse(_)
+                | Message::ParameterStatus(_)
+                | Message::NotificationResponse(_) => {}
+                _ => return Err(protocol("a message after the last answer")),
+            }
+        }
+        self.unfinished = !buf.is_empty();
+        Ok(())
     }
 
     /// Takes one message; true once the last group is over.

@@ -128,6 +128,7 @@ fn release(lease: &Lease) {
 
 /// Runs queued statements until the queue stays empty, answering each waiter.
 async fn runner(lease: Lease, mut jobs: Vec<Job>) {
+    let mut stuck = Stuck(Some(&lease));
     loop {
         let results = run_jobs(&lease, &jobs).await;
         lease
@@ -141,9 +142,25 @@ async fn runner(lease: Lease, mut jobs: Vec<Job>) {
         let mut state = lease.gate().state();
         if state.waiting.is_empty() {
             state.busy = false;
+            stuck.0 = None;
             return;
         }
         jobs = std::mem::take(&mut state.waiting);
+    }
+}
+
+/// Frees the gate if a runner ends other than by emptying the queue (a panic, or the runtime
+/// shutting down): the statements still queued are answered with an error (their senders
+/// drop) instead of waiting forever, and the next statement finds the gate free.
+struct Stuck<'a>(Option<&'a Lease>);
+
+impl Drop for Stuck<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.0 {
+            let mut state = lease.gate().state();
+            state.waiting.clear();
+            state.busy = false;
+        }
     }
 }
 

@@ -11,7 +11,13 @@
 //! To know that without a round trip, `PgStream` follows the message framing of what
 //! tokio-postgres writes and reads ([`Traffic`]): every request it sends ends with a Sync (or is
 //! a simple Query), and each of those is answered by exactly one ReadyForQuery. When the counts
-//! match and both directions sit at a message boundary, tokio-postgres has nothing in flight.
+//! match, no request is half written and both directions sit at a message boundary,
+//! tokio-postgres has nothing in flight.
+//!
+//! A borrow ends with [`Borrowed::release`] once everything it asked has been answered. A borrow
+//! dropped before that (an error, a cancelled future) poisons the socket: the server may still be
+//! sending the rest of the burst's answers, so tokio-postgres' reads and writes fail from then on
+//! rather than hand those answers to requests of other clients sharing the connection.
 
 use std::io;
 use std::path::PathBuf;
@@ -200,6 +206,9 @@ struct Traffic {
     requests: u64,
     /// ReadyForQuery messages read.
     answers: u64,
+    /// Part of an extended-protocol request is written, but not its Sync yet (a full socket
+    /// buffer can split one request's messages between writes).
+    open: bool,
     /// Something was written after which no ReadyForQuery comes (Terminate, COPY data).
     unknown: bool,
 }
@@ -209,10 +218,13 @@ impl Traffic {
         if !self.on {
             return;
         }
-        let (requests, unknown) = (&mut self.requests, &mut self.unknown);
+        let (requests, open, unknown) = (&mut self.requests, &mut self.open, &mut self.unknown);
         self.sent.feed(bytes, |t| match t {
-            b'S' | b'Q' => *requests += 1,
-            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => {}
+            b'S' | b'Q' => {
+                *requests += 1;
+                *open = false;
+            }
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => *open = true,
             _ => *unknown = true,
         });
     }
@@ -233,6 +245,7 @@ impl Traffic {
     fn idle(&self) -> bool {
         self.on
             && !self.unknown
+            && !self.open
             && self.requests == self.answers
             && self.sent.at_boundary()
             && self.received.at_boundary()
@@ -242,6 +255,9 @@ impl Traffic {
 struct Inner {
     sock: Sock,
     borrowed: bool,
+    /// A borrow ended half-way: the server may still be answering the daemon's messages, so
+    /// tokio-postgres must never read again (its reads and writes fail from now on).
+    poisoned: bool,
     traffic: Traffic,
 }
 
@@ -272,15 +288,20 @@ impl Shared {
         Pin::new(&mut self.inner().sock).poll_shutdown(cx)
     }
 
-    /// The socket for tokio-postgres, or `None` (its waker parked) while it is borrowed. The
-    /// check and the I/O happen under one lock, so a borrow can never start in between.
-    fn for_stream(&self, cx: &mut Context<'_>) -> Option<MutexGuard<'_, Inner>> {
+    /// The socket for tokio-postgres; `Ok(None)` while it is borrowed, an error once a borrow
+    /// was abandoned. The check and the I/O happen under one lock, so a borrow can never start
+    /// in between. The waker is kept on every poll: a borrower's reads replace tokio-postgres'
+    /// registration for readability, so the end of every borrow wakes it to register again.
+    fn for_stream(&self, cx: &mut Context<'_>) -> io::Result<Option<MutexGuard<'_, Inner>>> {
         let inner = self.inner();
-        if inner.borrowed {
-            self.parked.register(cx.waker());
-            return None;
+        self.parked.register(cx.waker());
+        if inner.poisoned {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the connection was abandoned in the middle of a grouped burst",
+            ));
         }
-        Some(inner)
+        Ok((!inner.borrowed).then_some(inner))
     }
 }
 
@@ -295,6 +316,7 @@ impl SocketHandle {
             inner: Mutex::new(Inner {
                 sock,
                 borrowed: false,
+                poisoned: false,
                 traffic: Traffic::default(),
             }),
             parked: AtomicWaker::new(),
@@ -313,19 +335,36 @@ impl SocketHandle {
 
     /// Takes the socket if tokio-postgres has no request in flight right now (see the module
     /// docs); `None` otherwise, and the caller settles the connection with a round trip first.
+    ///
+    /// Hand the socket back with [`Borrowed::release`] once every answer to what was written
+    /// through it has been read; a borrow dropped otherwise poisons the socket (see [`Inner`]).
     pub fn borrow_if_idle(&self) -> Option<Borrowed<'_>> {
         let mut inner = self.0.inner();
-        if !inner.traffic.idle() {
+        if inner.borrowed || inner.poisoned || !inner.traffic.idle() {
             return None;
         }
         inner.borrowed = true;
-        Some(Borrowed(&self.0))
+        Some(Borrowed {
+            shared: &self.0,
+            clean: false,
+        })
     }
 }
 
 /// The socket, lent to the daemon. Reads and writes (through `&Borrowed`, so one task can
 /// read and write at once) go straight to it.
-pub struct Borrowed<'a>(&'a Shared);
+pub struct Borrowed<'a> {
+    shared: &'a Shared,
+    clean: bool,
+}
+
+impl Borrowed<'_> {
+    /// Gives the socket back to tokio-postgres: everything written through the borrow has been
+    /// answered and read, up to its last ReadyForQuery.
+    pub fn release(mut self) {
+        self.clean = true;
+    }
+}
 
 impl AsyncRead for &Borrowed<'_> {
     fn poll_read(
@@ -333,7 +372,7 @@ impl AsyncRead for &Borrowed<'_> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.0.poll_read(cx, buf)
+        self.shared.poll_read(cx, buf)
     }
 }
 
@@ -343,22 +382,28 @@ impl AsyncWrite for &Borrowed<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_write(cx, buf)
+        self.shared.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_flush(cx)
+        self.shared.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_shutdown(cx)
+        self.shared.poll_shutdown(cx)
     }
 }
 
 impl Drop for Borrowed<'_> {
     fn drop(&mut self) {
-        self.0.inner().borrowed = false;
-        self.0.parked.wake();
+        {
+            let mut inner = self.shared.inner();
+            inner.borrowed = false;
+            if !self.clean {
+                inner.poisoned = true;
+            }
+        }
+        self.shared.parked.wake();
     }
 }
 
@@ -371,7 +416,7 @@ impl AsyncRead for PgStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let Some(mut inner) = self.0.for_stream(cx) else {
+        let Some(mut inner) = self.0.for_stream(cx)? else {
             return Poll::Pending;
         };
         let before = buf.filled().len();
@@ -389,7 +434,7 @@ impl AsyncWrite for PgStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let Some(mut inner) = self.0.for_stream(cx) else {
+        let Some(mut inner) = self.0.for_stream(cx)? else {
             return Poll::Pending;
         };
         let polled = Pin::new(&mut inner.sock).poll_write(cx, buf);
@@ -400,7 +445,7 @@ impl AsyncWrite for PgStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(mut inner) = self.0.for_stream(cx) else {
+        let Some(mut inner) = self.0.for_stream(cx)? else {
             return Poll::Pending;
         };
         Pin::new(&mut inner.sock).poll_flush(cx)
@@ -433,7 +478,7 @@ mod tests {
         let mut got = [0u8; 5];
         (&borrowed).read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
-        drop(borrowed);
+        borrowed.release();
         b.write_all(b"again").await.unwrap();
         stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"again");
@@ -490,7 +535,62 @@ mod tests {
         let mut ready = [0u8; 6];
         stream.read_exact(&mut ready).await.unwrap();
         let borrowed = handle.borrow_if_idle().expect("idle once answered");
-        drop(borrowed);
+        borrowed.release();
+    }
+
+    #[test]
+    fn a_request_cut_between_writes_is_in_flight_until_its_sync() {
+        let mut t = Traffic {
+            on: true,
+            ..Traffic::default()
+        };
+        // A full socket buffer took the Bind and the Execute, not yet the Sync.
+        t.wrote(&message(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        t.wrote(&message(b'E', b"\0\0\0\0\0"));
+        assert!(t.sent.at_boundary() && t.requests == t.answers);
+        assert!(!t.idle(), "half a request is in flight");
+        t.wrote(&message(b'S', b""));
+        t.read(&message(b'Z', b"I"));
+        assert!(t.idle());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_borrow_fails_the_stream_instead_of_handing_it_the_rest() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
+        handle.track();
+        drop(handle.borrow_if_idle().expect("idle"));
+        assert!(handle.borrow_if_idle().is_none(), "never lent again");
+        let mut buf = [0u8; 1];
+        let read = stream.read(&mut buf).await;
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        assert!(stream.write_all(b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_stream_hears_of_data_after_a_borrower_read_in_its_place() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
+        handle.track();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 2];
+            stream.read_exact(&mut buf).await.map(|_| buf)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let borrowed = handle.borrow_if_idle().expect("idle");
+        // The borrower waits for readability itself, taking over the socket's read waker.
+        let mut one = [0u8; 1];
+        let waited =
+            tokio::time::timeout(Duration::from_millis(20), (&borrowed).read(&mut one)).await;
+        assert!(waited.is_err(), "nothing to read yet");
+        borrowed.release();
+        b.write_all(b"ok").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the stream was woken once the borrow ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"ok");
     }
 
     #[test]
