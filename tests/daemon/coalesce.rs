@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::admin::{AdminDaemon, Metrics};
+use crate::grouped::remembering_log;
 use crate::support::client::encode;
 use crate::support::{RawClient, TestDb};
 
@@ -155,13 +156,7 @@ async fn a_failing_read_fails_alone_and_its_group_runs_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coalesced_select_whose_function_writes_runs_each_write_once() {
     let db = TestDb::new().await;
-    db.setup(
-        "CREATE TABLE log (v int PRIMARY KEY);
-         INSERT INTO log VALUES (25);
-         CREATE FUNCTION remember(x int) RETURNS int LANGUAGE sql VOLATILE
-             AS 'INSERT INTO log VALUES (x) RETURNING v';",
-    )
-    .await;
+    db.setup(&remembering_log(25)).await;
     let daemon = one_connection(&db).await;
     let mut c = warm_client(&daemon).await;
     let before = daemon.scrape().await;

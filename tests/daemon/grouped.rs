@@ -63,16 +63,21 @@ async fn a_failure_mid_group_reports_the_same_index_and_counts() {
     assert_eq!(commands[7], json!("SELECT 1"));
 }
 
+/// A table `log` holding `taken`, and `remember(x)`: a function that writes, so a SELECT of it
+/// fails in a read-only group and must then run exactly once on its own.
+pub(crate) fn remembering_log(taken: u32) -> String {
+    format!(
+        "CREATE TABLE log (v int PRIMARY KEY);
+         INSERT INTO log VALUES ({taken});
+         CREATE FUNCTION remember(x int) RETURNS int LANGUAGE sql VOLATILE
+             AS 'INSERT INTO log VALUES (x) RETURNING v';"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_select_whose_function_writes_runs_each_write_exactly_once() {
     let db = TestDb::new().await;
-    db.setup(
-        "CREATE TABLE log (v int PRIMARY KEY);
-         INSERT INTO log VALUES (250);
-         CREATE FUNCTION remember(x int) RETURNS int LANGUAGE sql VOLATILE
-             AS 'INSERT INTO log VALUES (x) RETURNING v';",
-    )
-    .await;
+    db.setup(&remembering_log(250)).await;
     let daemon = db.daemon().await;
     let mut c = daemon.connected().await;
     let batch: Vec<Value> = (0..N).map(|i| json!([i])).collect();
