@@ -291,13 +291,36 @@ async fn run_grouped(
     }
     let params: Vec<&[TextParam]> = items.iter().map(|i| i.params).collect();
     encode(&mut out, &params, &names, grouping == Grouping::ReadOnly)?;
-    let mut reader = Reader::new(items, prepared, keep_rows, grouping);
-    let write = async {
-        (&socket).write_all(&out).await.map_err(lost)?;
-        (&socket).flush().await.map_err(lost)
-    };
-    futures_util::future::try_join(write, reader.read_all(&socket)).await?;
-    if reader.unfinished {
+    let mut reader = Reader::new(conn, items, prepared, keep_rows, grouping);
+    let mut written = false;
+    {
+        // Reading goes on while writing, so neither side blocks on a full socket buffer; a
+        // cancelled burst stops at once, with what it had still to write.
+        let write = async {
+            (&socket).write_all(&out).await.map_err(lost)?;
+            (&socket).flush().await.map_err(lost)
+        };
+        let read = reader.read_all(&socket);
+        tokio::pin!(write, read);
+        loop {
+            tokio::select! {
+                result = &mut write, if !written => {
+                    result?;
+                    written = true;
+                }
+                result = &mut read => {
+                    result?;
+                    break;
+                }
+            }
+        }
+    }
+    if reader.aborted {
+        drop(socket);
+        conn.mark_broken();
+    } else if !written {
+        return Err(protocol("answers came before the burst was written"));
+    } else if reader.unfinished {
         // Part of an asynchronous message is still in the socket: tokio-postgres would read
         // the rest out of step. The answers stand; the connection does not.
         tracing::debug!("a message was cut after a grouped burst; discarding the connection");
@@ -326,7 +349,17 @@ async fn run_grouped(
     }
     drop(burst);
     let mut slots = reader.slots;
-    if misshapen || reader.stale {
+    if reader.aborted {
+        // Nothing runs again on a connection whose request was cancelled.
+        for slot in &mut slots {
+            if matches!(slot, Slot::Redo | Slot::Pending) {
+                *slot = Slot::Done(Err(Error::new(
+                    Code::Timeout,
+                    "not run: the request was cancelled when its time was up",
+                )));
+            }
+        }
+    } else if misshapen || reader.stale {
         // Rows of another shape than the statement's columns: run everything the usual way
         // (inside a transaction, PostgreSQL has aborted it already).
         for slot in &mut slots {
@@ -429,11 +462,17 @@ struct Reader<'a> {
     ready: bool,
     /// Bytes of a message were left after the last ReadyForQuery.
     unfinished: bool,
+    /// The connection, to tell the daemon's own cancel (the request's time is up, which ends
+    /// the burst) from a server-side `statement_timeout` (which fails one statement).
+    conn: &'a PgConn,
+    /// The burst ended before its last answer: the request was cancelled.
+    aborted: bool,
     rows: Vec<postgres_protocol::message::backend::DataRowBody>,
 }
 
 impl<'a> Reader<'a> {
     fn new(
+        conn: &'a PgConn,
         items: &[Item<'_>],
         prepared: Vec<Prepared<'a>>,
         keep_rows: bool,
@@ -453,6 +492,8 @@ impl<'a> Reader<'a> {
             group_end: n.min(GROUP),
             ready: grouping == Grouping::InTransaction,
             unfinished: false,
+            conn,
+            aborted: false,
             rows: Vec::new(),
         }
     }
@@ -462,6 +503,9 @@ impl<'a> Reader<'a> {
         loop {
             while let Some(message) = Message::parse(&mut buf).map_err(protocol)? {
                 if self.on_message(message)? {
+                    if self.aborted {
+                        return Ok(());
+                    }
                     return self.after_end(&mut buf);
                 }
             }
@@ -557,11 +601,22 @@ impl<'a> Reader<'a> {
                     self.next = self.group_end;
                     return Ok(false);
                 }
+                if error.code == QUERY_CANCELED && self.conn.cancel_sent() {
+                    // The request's time is up: nothing more runs. The groups already sent
+                    // are not waited for; the socket is dropped with them.
+                    for slot in &mut self.slots[self.next..] {
+                        *slot = Slot::Done(Err(Error::new(
+                            Code::Timeout,
+                            "not run: the request was cancelled when its time was up",
+                        )));
+                    }
+                    self.aborted = true;
+                    return Ok(true);
+                }
                 if self.ready && self.next < self.group_end && error.code == QUERY_CANCELED {
-                    self.slots[self.next] = Slot::Done(Err(Error::new(
-                        Code::Timeout,
-                        "statement cancelled by PostgreSQL (SQLSTATE 57014)",
-                    )));
+                    // Cancelled by the server itself (`statement_timeout`): that statement's
+                    // answer, exactly as it would be alone; the rest of the group runs again.
+                    self.slots[self.next] = Slot::Done(Err(Error::Server(Box::new(error))));
                     self.next += 1;
                 }
                 // PostgreSQL skips everything up to the Sync.

@@ -36,6 +36,9 @@ pub struct PgConn {
     statements: Mutex<HashMap<u64, (Arc<Entry>, Statement)>>,
     statement_limit: usize,
     broken: AtomicBool,
+    /// The daemon asked PostgreSQL to cancel what this connection runs (a request timed out),
+    /// and the request has not wound down yet.
+    cancel_sent: AtomicBool,
     /// Statements `pg::burst` prepared itself (tokio-postgres does not expose its names).
     pub burst: Mutex<BurstStatements>,
 }
@@ -124,12 +127,24 @@ impl PgConn {
 
     /// Asks PostgreSQL (over a new socket) to cancel whatever this connection is running.
     pub async fn cancel_query(&self) -> Result<(), ConnectError> {
+        self.cancel_sent.store(true, Ordering::Relaxed);
         let sock = self
             .endpoint
             .connect(self.connect_timeout)
             .await
             .map_err(ConnectError::Socket)?;
         Ok(self.cancel.cancel_query_raw(sock, NoTls).await?)
+    }
+
+    /// Whether a cancel from [`PgConn::cancel_query`] may be what stopped a statement (so a
+    /// `57014` means the request's time is up, not a server-side `statement_timeout`).
+    pub fn cancel_sent(&self) -> bool {
+        self.cancel_sent.load(Ordering::Relaxed)
+    }
+
+    /// The cancelled request has wound down.
+    pub fn forget_cancel(&self) {
+        self.cancel_sent.store(false, Ordering::Relaxed);
     }
 
     /// Marks the connection unusable: the pool discards it instead of reusing it.
@@ -251,6 +266,7 @@ impl PgManager {
             statements: Mutex::new(HashMap::new()),
             statement_limit: self.statement_limit,
             broken: AtomicBool::new(false),
+            cancel_sent: AtomicBool::new(false),
             burst: Mutex::new(BurstStatements::default()),
         })
     }

@@ -296,6 +296,7 @@ pub async fn bounded<T>(
                 tracing::warn!(error = %e.describe(), "could not send a cancel request to PostgreSQL");
             }
             let clean = tokio::time::timeout(CANCEL_GRACE, work).await.is_ok();
+            conn.forget_cancel();
             Bounded::TimedOut { limit, clean }
         }
     }
