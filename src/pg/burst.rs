@@ -16,8 +16,11 @@
 //!   undone by a neighbour's failure: a statement that would write fails instead.
 //! - A statement that fails inside a group, and those PostgreSQL then skipped up to the Sync,
 //!   are run again one by one through tokio-postgres, which gives them exactly the semantics
-//!   (and errors) of the ungrouped path. The one exception is a cancelled statement (a request
-//!   timeout): it is reported, not run again.
+//!   (and errors) of the ungrouped path. A statement the server cancelled itself
+//!   (`statement_timeout`, `57014`) is not run again: that error is its answer. When the daemon
+//!   cancelled the request (its `timeout_ms` is up), the burst ends at once: every statement not
+//!   yet answered reports the timeout, and the connection is dropped with what it still had
+//!   to send.
 //! - The socket is borrowed only while tokio-postgres has nothing in flight (`pg::socket`
 //!   follows its requests and answers; when something is in flight, one round trip behind it
 //!   settles the connection first, a few times at most before the statements run the ordinary
