@@ -106,7 +106,12 @@ pub fn classify(sql: &str) -> Classified {
         first.as_str(),
         "SET" | "RESET" | "LISTEN" | "DECLARE" | "DISCARD" | "LOAD"
     ) || temp_table
-        || (first == "SELECT" && contains_ignore_ascii_case(sql, "set_config"));
+        || (first == "SELECT"
+            && (contains_ignore_ascii_case(sql, "set_config")
+                // Session-level advisory locks (not the `_xact_` ones, which end with the
+                // statement's own transaction).
+                || contains_ignore_ascii_case(sql, "pg_advisory_lock")
+                || contains_ignore_ascii_case(sql, "pg_try_advisory_lock")));
     Classified {
         verb,
         transaction_control,
@@ -305,11 +310,14 @@ mod tests {
             "declare c cursor with hold for select 1",
             "create temporary table t (a int)",
             "select set_config('a.b', '1', false)",
+            "SELECT pg_advisory_lock(42)",
+            "select pg_try_advisory_lock_shared(1, 2)",
         ] {
             assert!(classify(sql).leaves_session_state, "{sql}");
         }
         for sql in [
             "select 1",
+            "SELECT pg_advisory_xact_lock(42)",
             "create table t (a int)",
             "insert into t values (1)",
         ] {

@@ -89,6 +89,17 @@ async fn session_state_does_not_leak_between_clients() {
     first
         .execute("CREATE TEMP TABLE scratch (x int)", json!([]))
         .await;
+    // A session-level advisory lock taken outside a transaction is released with the request:
+    // the connection goes back to the pool, where another client would hold it.
+    first
+        .query("SELECT pg_try_advisory_lock(4243)", json!([]))
+        .await;
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4243";
+    assert_eq!(
+        db.count(held, &[]).await,
+        0,
+        "the autocommit advisory lock leaked"
+    );
     // And inside a transaction: SET (session-wide) plus a session-level advisory lock.
     first.call_ok(json!({"op": "begin"})).await;
     first
