@@ -269,3 +269,37 @@ async fn many_clients_share_a_small_pool() {
         "20 clients used {backends} backends with pool_max 2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_changes_the_session_leaves_nothing_behind() {
+    let db = TestDb::new().await;
+    let daemon = db.daemon_with(|cfg| cfg.upstreams[0].pool_max = 1).await;
+    let mut first = daemon.connected().await;
+    let backend = first.scalar("SELECT pg_backend_pid()", json!([])).await;
+    let batch: Vec<Value> = (0..40).map(|i| json!([format!("v{i}"), i])).collect();
+    let r = first
+        .call_ok(json!({"op": "pipeline", "sql": "SELECT set_config('qail.leak', $1, false), pg_try_advisory_lock(4300 + $2::int)", "params_batch": batch, "count_only": true}))
+        .await;
+    assert_eq!(r["count"], json!(40));
+    drop(first);
+
+    let mut second = daemon.connected().await;
+    assert_eq!(
+        second.scalar("SELECT pg_backend_pid()", json!([])).await,
+        backend,
+        "premise: with pool_max 1 both clients use the same backend"
+    );
+    assert_eq!(
+        second
+            .scalar("SELECT current_setting('qail.leak', true)", json!([]))
+            .await,
+        json!(""),
+        "the setting was reset"
+    );
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid >= 4300";
+    assert_eq!(
+        db.count(held, &[]).await,
+        0,
+        "the advisory locks were released"
+    );
+}

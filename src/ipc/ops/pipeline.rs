@@ -99,6 +99,13 @@ pub async fn pipeline(
     }
     let failure = first_failure(&mut results);
     close_atomic(conns[0], atomic, in_transaction, failure.is_none()).await?;
+    if !in_transaction && entry.class.leaves_session_state {
+        // `set_config(…, false)`, a session-level advisory lock …: nothing of it may reach the
+        // next client of these connections.
+        for c in &conns {
+            c.reset_session().await?;
+        }
+    }
     if let Some(e) = failure {
         return Err(e);
     }
