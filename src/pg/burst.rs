@@ -139,18 +139,8 @@ pub async fn run_items(
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
             slots
         }
-        Ok(None) => {
-            // The connection never fell idle (requests sharing it kept it busy): run the
-            // statements through tokio-postgres, pipelined, each with its own Sync.
-            let results = run_statements(
-                &conn.client,
-                items.iter().map(|i| (i.stmt, i.params)),
-                keep_rows,
-            )
-            .await;
-            mark_broken_on_disconnect(conn, &results);
-            return results;
-        }
+        // The connection never fell idle (requests sharing it kept it busy).
+        Ok(None) => return run_ungrouped(conn, items, keep_rows).await,
         Err(e) => {
             conn.mark_broken();
             let message = e.to_string();
@@ -213,6 +203,23 @@ impl Drop for Settled<'_> {
             self.conn.mark_broken();
         }
     }
+}
+
+/// Runs each item once through tokio-postgres, pipelined, each with its own Sync; answers in
+/// order.
+pub async fn run_ungrouped(
+    conn: &PgConn,
+    items: &[Item<'_>],
+    keep_rows: bool,
+) -> Vec<Result<Outcome, Error>> {
+    let results = run_statements(
+        &conn.client,
+        items.iter().map(|i| (i.stmt, i.params)),
+        keep_rows,
+    )
+    .await;
+    mark_broken_on_disconnect(conn, &results);
+    results
 }
 
 /// A statement this burst prepares under its own name, and what its Describe said.
@@ -318,21 +325,22 @@ async fn run_grouped(
             }
         }
     }
-    if reader.aborted {
-        drop(socket);
-        conn.mark_broken();
-    } else if !written {
+    if !written && !reader.aborted {
         return Err(protocol("answers came before the burst was written"));
-    } else if reader.unfinished {
-        // Part of an asynchronous message is still in the socket: tokio-postgres would read
-        // the rest out of step. The answers stand; the connection does not.
-        tracing::debug!("a message was cut after a grouped burst; discarding the connection");
-        drop(socket);
-        conn.mark_broken();
+    }
+    if reader.aborted || reader.unfinished {
+        // The server still has answers to send (a cancelled burst), or part of an
+        // asynchronous message is still in the socket: the answers read stand, the
+        // connection does not. The socket stays unreleased (poisoned) and `settled`
+        // discards the connection.
+        tracing::debug!(
+            cancelled = reader.aborted,
+            "a grouped burst ended before its socket was drained; discarding the connection"
+        );
     } else {
         socket.release();
+        settled.clean = true;
     }
-    settled.clean = true;
 
     let mut burst = conn.burst_statements();
     let misshapen = reader.prepared.iter().any(|p| p.described == Some(false));

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::catalog::Entry;
 use crate::error::{Code, Error};
 use crate::pg::burst::{self, Grouping, Item};
-use crate::pg::exec::{mark_broken_on_disconnect, run_outcome, run_statements, Outcome};
+use crate::pg::exec::{run_outcome, Outcome};
 use crate::upstream::Lease;
 use crate::values::TextParam;
 
@@ -166,17 +166,6 @@ impl Drop for Stuck<'_> {
 
 async fn run_jobs(lease: &Lease, jobs: &[Job]) -> Vec<Result<Outcome, Error>> {
     let keep_rows = jobs.iter().any(|j| j.work.keep_rows);
-    if jobs.len() < MIN_GROUP {
-        let results = run_statements(
-            &lease.client,
-            jobs.iter()
-                .map(|j| (&j.work.stmt, j.work.params.as_slice())),
-            keep_rows,
-        )
-        .await;
-        mark_broken_on_disconnect(lease, &results);
-        return results;
-    }
     let items: Vec<Item<'_>> = jobs
         .iter()
         .map(|j| Item {
@@ -185,6 +174,9 @@ async fn run_jobs(lease: &Lease, jobs: &[Job]) -> Vec<Result<Outcome, Error>> {
             params: &j.work.params,
         })
         .collect();
+    if items.len() < MIN_GROUP {
+        return burst::run_ungrouped(lease, &items, keep_rows).await;
+    }
     burst::run_items(
         lease,
         &items,

@@ -254,11 +254,7 @@ pub async fn run_statements<'a>(
 ) -> Vec<Result<Outcome, Error>> {
     let mut results = Vec::with_capacity(work.len());
     let mut pending: FuturesOrdered<_> = work
-        .map(|(stmt, p)| async move {
-            run_raw(client, stmt, p, keep_rows)
-                .await
-                .map_err(Error::from)
-        })
+        .map(|(stmt, p)| run_outcome(client, stmt, p, keep_rows))
         .collect();
     while let Some(r) = pending.next().await {
         results.push(r);

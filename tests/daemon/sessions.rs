@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{extra_upstream, TestDb};
+use crate::support::{extra_upstream, RawClient, TestDaemon, TestDb};
 
 /// Waits (at most 5 s) until no backend of `db` is "idle in transaction".
 async fn wait_no_idle_in_transaction(db: &TestDb) {
@@ -71,6 +71,17 @@ async fn close_mid_transaction_rolls_back() {
     assert_eq!(db.count("SELECT count(*) FROM t", &[]).await, 0);
 }
 
+/// A new client, checked to be served by `backend` (the daemon's only pooled connection).
+async fn client_on(daemon: &TestDaemon, backend: &Value) -> RawClient {
+    let mut c = daemon.connected().await;
+    assert_eq!(
+        &c.scalar("SELECT pg_backend_pid()", json!([])).await,
+        backend,
+        "premise: with pool_max 1 both clients use the same backend"
+    );
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_does_not_leak_between_clients() {
     let db = TestDb::new().await;
@@ -111,12 +122,7 @@ async fn session_state_does_not_leak_between_clients() {
     first.call_ok(json!({"op": "commit"})).await;
     drop(first);
 
-    let mut second = daemon.connected().await;
-    assert_eq!(
-        second.scalar("SELECT pg_backend_pid()", json!([])).await,
-        backend,
-        "premise: with pool_max 1 both clients use the same backend"
-    );
+    let mut second = client_on(&daemon, &backend).await;
     assert_eq!(
         second.scalar("SHOW search_path", json!([])).await,
         default_path
@@ -283,12 +289,7 @@ async fn a_pipeline_that_changes_the_session_leaves_nothing_behind() {
     assert_eq!(r["count"], json!(40));
     drop(first);
 
-    let mut second = daemon.connected().await;
-    assert_eq!(
-        second.scalar("SELECT pg_backend_pid()", json!([])).await,
-        backend,
-        "premise: with pool_max 1 both clients use the same backend"
-    );
+    let mut second = client_on(&daemon, &backend).await;
     assert_eq!(
         second
             .scalar("SELECT current_setting('qail.leak', true)", json!([]))

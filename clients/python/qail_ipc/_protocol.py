@@ -64,7 +64,7 @@ def _std_loads(body: Any) -> Any:
     decoded directly and handed to the C scanner; anything it does not take whole (leading
     or trailing whitespace, invalid JSON) goes through ``json.loads`` for its exact error.
     """
-    text = body.decode("utf-8") if not isinstance(body, str) else body
+    text = body.decode("utf-8")
     try:
         obj, end = _std_scan(text, 0)
     except StopIteration:
