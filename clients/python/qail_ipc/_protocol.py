@@ -208,15 +208,18 @@ class FrameReader:
         while self._end - self._start < 4:
             self._fill(sock)
         (length,) = _unpack_header_from(self._buf, self._start)
-        body_start = self._start + 4
         if length <= len(self._buf) - 4:
-            while self._end - body_start < length:
+            # Filling may move the pending bytes to the front, so the body's offset is taken
+            # only once all of it is in.
+            while self._end - self._start - 4 < length:
                 self._fill(sock)
+            body_start = self._start + 4
             body = bytes(self._view[body_start : body_start + length])
             self._start = body_start + length
             if self._start == self._end:
                 self._start = self._end = 0
             return decode_body(body)
+        body_start = self._start + 4
         have = self._end - body_start
         big = bytearray(length)
         big[:have] = self._view[body_start : self._end]

@@ -210,6 +210,12 @@ def test_pipeline_in_chunks_answers_like_one_request(users):
     assert [r.command for r in chunked] == [r.command for r in whole]
     assert client.pipeline(handle, [], chunk_size=10) == []
 
+    # Answers of tens of KiB back to back (whether one straddles the end of the client's read
+    # buffer depends on timing; test_protocol covers that case deterministically).
+    wide = "SELECT g, repeat('x', 20) FROM generate_series(1, $1::int) g"
+    parts = client.pipeline(wide, [[10]] * 3000, chunk_size=100)
+    assert len(parts) == 3000 and all(r.rows[9] == (10, "x" * 20) for r in parts)
+
     # One failure per chunk in two chunks: the first one's index in the whole batch, and
     # the counts over every chunk.
     client.execute("CREATE TABLE c (id int PRIMARY KEY)")

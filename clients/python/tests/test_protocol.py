@@ -239,3 +239,27 @@ def test_frame_reader_handles_split_large_and_back_to_back_frames():
             reader.read(a)
     finally:
         a.close()
+
+
+def test_frame_reader_keeps_a_frame_that_straddles_the_end_of_its_buffer():
+    # Back-to-back answers (chunked pipelines): the first leaves the buffer part-full, the
+    # second fits the buffer but not the room behind the first, so it is moved to the front.
+    import socket
+    import threading
+
+    a, b = socket.socketpair()
+    try:
+        a.settimeout(5)
+        reader = _protocol.FrameReader(size=256)
+        first = encode_frame({"id": 1, "rows": list(range(40))})
+        second = encode_frame({"id": 2, "rows": list(range(50))})
+        assert len(first) < 256 and len(second) <= 256 - 4 and len(first) + len(second) > 256
+        b.sendall(first + second[:256 - len(first)])
+        assert reader.read(a)["id"] == 1
+        sender = threading.Thread(target=b.sendall, args=(second[256 - len(first):],))
+        sender.start()
+        assert reader.read(a) == {"id": 2, "rows": list(range(50))}
+        sender.join()
+    finally:
+        a.close()
+        b.close()
