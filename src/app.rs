@@ -1,7 +1,8 @@
 //! Wiring: binds the socket and the admin port, starts the supervisor, serves until the shutdown
 //! future resolves, then stops in order — stop accepting (readiness turns false), let sessions
 //! finish in-flight work within the grace period (rolling back open transactions), stop the admin
-//! server, stop the upstream workers.
+//! server, stop the upstream workers and close their PostgreSQL connections (each tells the server
+//! goodbye) before returning.
 //!
 //! Reloads ([`Reloader`], driven by SIGHUP in `main` and by `POST /reload`) re-read the config
 //! file, validate it completely, and only then apply its upstream changes; settings that need a
@@ -24,7 +25,8 @@ use crate::ipc::{self, BindError, BoundSocket, Shared};
 use crate::metrics::{Metrics, MetricsError};
 use crate::supervisor::{Supervisor, UpstreamChanges};
 
-/// How long shutdown waits for admin HTTP connections and upstream workers.
+/// How long shutdown waits for admin HTTP connections, and for upstream workers and their
+/// PostgreSQL connections.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start.
@@ -204,8 +206,8 @@ impl Daemon {
             .is_err()
         {
             tracing::warn!(
-                workers = workers.len(),
-                "upstream workers did not stop in time"
+                tasks = workers.len(),
+                "upstream tasks (health workers, PostgreSQL connections, coalescing runners) did not stop in time"
             );
         }
         tracing::info!(socket = %socket_path.display(), "qail-daemon stopped");

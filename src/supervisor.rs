@@ -109,6 +109,7 @@ impl Supervisor {
                 c.clone(),
                 sup.catalog_capacity,
                 sup.handles.clone(),
+                sup.tracker.clone(),
                 sup.cancel.child_token(),
                 Some(sup.metrics.checkout_wait(&c.name)),
             );
@@ -129,13 +130,18 @@ impl Supervisor {
     fn add(&self, config: UpstreamConfig, catalog: Option<Arc<StatementCache>>) -> Arc<Upstream> {
         let checkout_wait = Some(self.metrics.checkout_wait(&config.name));
         let up = match catalog {
-            Some(catalog) => {
-                Upstream::with_catalog(config, catalog, self.cancel.child_token(), checkout_wait)
-            }
+            Some(catalog) => Upstream::with_catalog(
+                config,
+                catalog,
+                self.tracker.clone(),
+                self.cancel.child_token(),
+                checkout_wait,
+            ),
             None => Upstream::new(
                 config,
                 self.catalog_capacity,
                 self.handles.clone(),
+                self.tracker.clone(),
                 self.cancel.child_token(),
                 checkout_wait,
             ),
@@ -287,6 +293,7 @@ impl Supervisor {
             config.clone(),
             1,
             self.handles.clone(),
+            self.tracker.clone(),
             CancellationToken::new(),
             None,
         );
@@ -323,9 +330,14 @@ impl Supervisor {
             .cloned()
     }
 
-    /// Stops every worker (pools close when the last session lets go of them).
+    /// Stops every worker and lets go of every upstream: each pool closes (its connections
+    /// say goodbye to PostgreSQL) once the last session has let go of it too.
     pub fn shutdown(&self) {
         self.cancel.cancel();
+        self.upstreams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 

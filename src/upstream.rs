@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bb8::{Pool, PooledConnection, RunError};
 use prometheus::Histogram;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::catalog::{HandleGen, StatementCache};
 use crate::config::UpstreamConfig;
@@ -103,6 +104,9 @@ pub struct Upstream {
     checkout_wait: Option<Histogram>,
     /// Cancelled when the upstream is removed or the daemon stops.
     pub cancel: CancellationToken,
+    /// Owns this upstream's background tasks: its PostgreSQL connections and the runners of
+    /// coalesced statements (the supervisor's tracker, so shutdown waits for them).
+    tasks: TaskTracker,
     /// Connections currently shared by concurrent autocommit requests (see [`Lease`]).
     lanes: Mutex<Vec<Arc<Lane>>>,
     /// Counters of grouped pipelines on this upstream.
@@ -172,6 +176,14 @@ impl Lease {
     pub fn upstream_name(&self) -> &str {
         self.up.name()
     }
+
+    /// Runs `task` in the background, owned by this connection's upstream.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.up.tasks.spawn(task);
+    }
 }
 
 impl Drop for Lease {
@@ -214,11 +226,12 @@ impl Upstream {
         config: UpstreamConfig,
         catalog_capacity: usize,
         handles: Arc<HandleGen>,
+        tasks: TaskTracker,
         cancel: CancellationToken,
         checkout_wait: Option<Histogram>,
     ) -> Arc<Upstream> {
         let catalog = Arc::new(StatementCache::new(catalog_capacity, handles));
-        Self::with_catalog(config, catalog, cancel, checkout_wait)
+        Self::with_catalog(config, catalog, tasks, cancel, checkout_wait)
     }
 
     /// Builds the pool (without connecting) around an existing catalogue, so a reload that
@@ -226,11 +239,12 @@ impl Upstream {
     pub fn with_catalog(
         config: UpstreamConfig,
         catalog: Arc<StatementCache>,
+        tasks: TaskTracker,
         cancel: CancellationToken,
         checkout_wait: Option<Histogram>,
     ) -> Arc<Upstream> {
         let catalog_capacity = catalog.capacity();
-        let manager = PgManager::new(&config, catalog_capacity);
+        let manager = PgManager::new(&config, catalog_capacity, tasks.clone());
         let pool = Pool::builder()
             .max_size(config.pool_max)
             .min_idle(Some(config.pool_min_idle))
@@ -250,6 +264,7 @@ impl Upstream {
             waiters: AtomicU64::new(0),
             checkout_wait,
             cancel,
+            tasks,
             config,
             lanes: Mutex::new(Vec::new()),
             grouped: GroupedCounters::default(),

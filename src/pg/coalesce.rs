@@ -123,7 +123,7 @@ fn release(lease: &Lease) {
     };
     let share = lease.share();
     let span = tracing::debug_span!("coalesce", upstream = %lease.upstream_name());
-    tokio::spawn(runner(share, jobs).instrument(span));
+    lease.spawn(runner(share, jobs).instrument(span));
 }
 
 /// Runs queued statements until the queue stays empty, answering each waiter.

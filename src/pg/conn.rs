@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::error::DbError;
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::catalog::Entry;
 use crate::config::UpstreamConfig;
@@ -174,10 +176,14 @@ pub struct PgManager {
     connect_timeout: Duration,
     statement_limit: usize,
     last_error: Arc<Mutex<Option<(Instant, String)>>>,
+    /// Owns the task that drives each connection's socket; it ends once the connection's
+    /// client is dropped (its pool closed), so shutdown waits for PostgreSQL to be told.
+    tasks: TaskTracker,
+    upstream: String,
 }
 
 impl PgManager {
-    pub fn new(up: &UpstreamConfig, statement_limit: usize) -> Self {
+    pub fn new(up: &UpstreamConfig, statement_limit: usize, tasks: TaskTracker) -> Self {
         let mut config = tokio_postgres::Config::new();
         config
             .user(&up.user)
@@ -193,6 +199,8 @@ impl PgManager {
             connect_timeout: up.connect_timeout(),
             statement_limit: statement_limit.max(16),
             last_error: Arc::new(Mutex::new(None)),
+            tasks,
+            upstream: up.name.clone(),
         }
     }
 
@@ -250,13 +258,17 @@ impl PgManager {
         // The startup exchange is over and nothing is in flight: from here on the socket
         // follows tokio-postgres' requests, so bursts know when they may borrow it.
         socket.track();
-        // The connection future drives the socket; it ends when the client is dropped or the
-        // server goes away, so it needs no other owner.
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection ended");
+        // The connection future drives the socket; it ends when the client is dropped (after
+        // telling the server) or when the server goes away.
+        let span = tracing::debug_span!("postgres", upstream = %self.upstream);
+        self.tasks.spawn(
+            async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(PgConn {
             cancel: client.cancel_token(),
             client,

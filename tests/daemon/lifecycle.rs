@@ -1,5 +1,6 @@
 //! Whole-daemon behaviour under load and at shutdown: large pipelines spread over the pool keep
-//! their order; a graceful shutdown closes idle clients and lets an open transaction finish.
+//! their order; a graceful shutdown closes idle clients, lets an open transaction finish and
+//! closes the PostgreSQL connections before `run()` returns.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -138,9 +139,28 @@ async fn shutdown_lets_an_open_transaction_finish() {
         .expect("the daemon task did not panic");
     assert!(result.is_ok(), "run() returned {result:?}");
     assert!(!socket.exists(), "the socket file is removed on shutdown");
-    let committed: i64 = db
-        .admin()
-        .await
+    let admin = db.admin().await;
+    // run() waited for its PostgreSQL connections to close: their backends are going away.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'qail-daemon'",
+                &[&db.name],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} backends of the stopped daemon are still there"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let committed: i64 = admin
         .query_one("SELECT count(*) FROM t", &[])
         .await
         .expect("count")
