@@ -108,6 +108,9 @@ pub struct Request<'a> {
     /// `pipeline`: answer with one list per field (`rows`, `rows_affected`, `commands`)
     /// instead of one object per statement; implies `compact`.
     pub columnar: Option<bool>,
+    /// `pipeline`: answer with one list of values per column (`values`), every statement's
+    /// rows in order, plus `counts`, `rows_affected` and `commands`; implies `compact`.
+    pub column_major: Option<bool>,
     pub atomic: Option<bool>,
     #[serde(borrow)]
     pub statements: Option<Vec<StatementSpec<'a>>>,

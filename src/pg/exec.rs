@@ -389,6 +389,63 @@ pub fn write_rows(out: &mut Vec<u8>, outcome: &Outcome, columns: &[Column]) -> R
     Ok(())
 }
 
+/// Appends the rows of `outcome` to `lists`, one JSON list body (values without the brackets)
+/// per column, so the rows of many statements make one list per column.
+pub fn write_rows_by_column(
+    lists: &mut [Vec<u8>],
+    outcome: &Outcome,
+    columns: &[Column],
+) -> Result<(), Error> {
+    let uneven = || {
+        Error::new(
+            Code::Internal,
+            format!(
+                "PostgreSQL sent a row whose number of values is not the statement's {} columns",
+                columns.len()
+            ),
+        )
+    };
+    for row in &outcome.rows {
+        if row.len() != lists.len() {
+            return Err(uneven());
+        }
+        for (i, (col, list)) in row.columns().iter().zip(lists.iter_mut()).enumerate() {
+            if !list.is_empty() {
+                list.push(b',');
+            }
+            let cell: RawCell<'_> = row.try_get(i).map_err(|e| {
+                Error::new(
+                    Code::Internal,
+                    format!("cannot read column {}: {e}", col.name()),
+                )
+            })?;
+            write_cell(list, col, cell.0)?;
+        }
+    }
+    for row in &outcome.wire_rows {
+        let buf = row.buffer();
+        let mut ranges = row.ranges();
+        let mut i = 0;
+        while let Some(range) = ranges.next().map_err(|e| {
+            Error::new(
+                Code::Internal,
+                format!("malformed row from PostgreSQL: {e}"),
+            )
+        })? {
+            let (col, list) = columns.get(i).zip(lists.get_mut(i)).ok_or_else(uneven)?;
+            if !list.is_empty() {
+                list.push(b',');
+            }
+            write_cell(list, col, range.map(|r| &buf[r]))?;
+            i += 1;
+        }
+        if i != lists.len() {
+            return Err(uneven());
+        }
+    }
+    Ok(())
+}
+
 fn write_cell(out: &mut Vec<u8>, col: &Column, cell: Option<&[u8]>) -> Result<(), Error> {
     write_value(out, col.type_(), cell).map_err(|e| {
         Error::new(

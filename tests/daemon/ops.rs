@@ -383,6 +383,97 @@ async fn pipeline_returns_one_result_per_parameter_list_in_order() {
     }
 }
 
+/// The `results` of a plain pipeline answer rebuilt from a `column_major` one: the columns'
+/// values zipped into rows and cut into statements by `counts`.
+fn rows_from_column_major(answer: &Value) -> Vec<Value> {
+    let values = answer["values"].as_array().expect("values");
+    let counts = answer["counts"].as_array().expect("counts");
+    let mut next = 0;
+    counts
+        .iter()
+        .map(|n| {
+            let n = n.as_u64().expect("a count") as usize;
+            let rows: Vec<Value> = (next..next + n)
+                .map(|r| Value::Array(values.iter().map(|col| col[r].clone()).collect()))
+                .collect();
+            next += n;
+            Value::Array(rows)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_column_major_answers_carry_the_same_rows_as_per_statement_answers() {
+    let (db, daemon) = users_db().await;
+    db.setup("CREATE TABLE w (id int PRIMARY KEY, doc jsonb)")
+        .await;
+    let mut c = daemon.connected().await;
+    // Read-only (grouped) statements with NULLs, JSON, arrays, text and no rows at all; a
+    // SELECT without columns; and writes (run one by one) with and without RETURNING.
+    let read = "SELECT id, name, CASE WHEN id % 2 = 0 THEN NULL ELSE id * 10 END AS maybe, \
+                json_build_object('k', name) AS doc, ARRAY[id, -id] AS pair \
+                FROM users ORDER BY id LIMIT $1";
+    let read_batch: Vec<Value> = (0..600).map(|i| json!([i % 4])).collect();
+    // Each case: the SQL, its batch, and what undoes its writes so that it runs twice alike.
+    let cases = [
+        (read, read_batch, None),
+        (
+            "SELECT FROM generate_series(1, $1::int)",
+            vec![json!([2]), json!([0]), json!([3])],
+            None,
+        ),
+        (
+            "INSERT INTO w VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id, doc",
+            vec![
+                json!([1, "{\"a\": [1, null]}"]),
+                json!([1, "{}"]),
+                json!([2, null]),
+            ],
+            Some("DELETE FROM w"),
+        ),
+        (
+            "DELETE FROM w WHERE id = $1",
+            vec![json!([1]), json!([7])],
+            Some("INSERT INTO w VALUES (1, '{}')"),
+        ),
+    ];
+    for (sql, batch, undo) in cases {
+        let plain = c
+            .call_ok(json!({"op": "pipeline", "sql": sql, "params_batch": batch}))
+            .await;
+        let results = plain["results"].as_array().expect("results");
+        if let Some(undo) = undo {
+            db.setup(undo).await;
+        }
+        let turned = c
+            .call_ok(
+                json!({"op": "pipeline", "sql": sql, "params_batch": batch, "column_major": true}),
+            )
+            .await;
+        assert!(turned.get("results").is_none(), "{turned}");
+        assert_eq!(turned["columns"], results[0]["columns"], "{sql}");
+        let columns = results[0]["columns"].as_array().expect("columns").len();
+        assert_eq!(
+            turned["values"].as_array().map(Vec::len),
+            Some(columns),
+            "one list per column: {sql}"
+        );
+        let rows: Vec<Value> = results.iter().map(|r| r["rows"].clone()).collect();
+        assert_eq!(rows_from_column_major(&turned), rows, "{sql}");
+        let commands: Vec<Value> = results.iter().map(|r| r["command"].clone()).collect();
+        assert_eq!(turned["commands"], Value::Array(commands), "{sql}");
+        let affected: Vec<Value> = results.iter().map(|r| r["rows_affected"].clone()).collect();
+        assert_eq!(turned["rows_affected"], Value::Array(affected), "{sql}");
+    }
+    // A failure answers like any pipeline's: the first failure's index and the counts.
+    let failed = c
+        .call(json!({"op": "pipeline", "sql": "SELECT 10 / $1::int", "params_batch": [[1], [0], [2]], "column_major": true}))
+        .await;
+    assert_eq!(failed["ok"], json!(false), "{failed}");
+    assert_eq!(failed["error"]["code"], json!("22012"));
+    assert_eq!(failed["error"]["index"], json!(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_count_only_is_the_seeds_prepared_pipeline() {
     let (_db, daemon) = users_db().await;

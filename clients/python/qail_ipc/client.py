@@ -19,6 +19,7 @@ import select
 import socket
 import threading
 import weakref
+from itertools import accumulate
 from contextlib import contextmanager
 from typing import (
     Any,
@@ -240,9 +241,12 @@ class _Base:
         return Result(list(columns), rows, response.get("command", ""), _rows_affected(response))
 
     def _pipeline_results(self, answer: Dict[str, Any]) -> List[Result]:
-        """The results of a ``pipeline`` answer: ``columnar`` (``rows``, ``rows_affected`` and
-        ``commands`` lists), ``compact`` (columns once, then one object per statement), or one
-        full result object per statement."""
+        """The results of a ``pipeline`` answer: ``column_major`` (one list of values per
+        column, ``counts``, ``rows_affected`` and ``commands``), ``columnar`` (``rows``,
+        ``rows_affected`` and ``commands`` lists), ``compact`` (columns once, then one object per
+        statement), or one full result object per statement."""
+        if "values" in answer:
+            return self._column_major_results(answer)
         if "commands" in answer:
             return self._build_results(
                 answer,
@@ -260,6 +264,42 @@ class _Base:
             [_rows_affected(r) if r.get("rows_affected") is None else r["rows_affected"]
              for r in results],
         )
+
+    def _column_major_results(self, answer: Dict[str, Any]) -> List[Result]:
+        """One :class:`Result` per statement from a ``column_major`` answer: the rows are the
+        columns zipped (made as tuples in C), then cut into statements by ``counts``."""
+        columns = _columns(answer)
+        counts: List[int] = answer.get("counts") or []
+        values: List[List[Any]] = answer.get("values") or []
+        total = sum(counts)
+        if len(values) != len(columns) or any(len(v) != total for v in values):
+            raise InterfaceError(
+                "malformed pipeline answer: %d value lists for %d columns and %d rows"
+                % (len(values), len(columns), total)
+            )
+        with gc_paused(total >= 1000):
+            if not self.raw:
+                for i, column in enumerate(columns):
+                    decode = decoder_for(column.type)
+                    if decode is not None:
+                        values[i] = [v if v is None else decode(v) for v in values[i]]
+            rows: List[Any] = list(zip(*values)) if values else [()] * total
+            factory = self.row_factory
+            if factory is not tuple_row:
+                make = factory(columns)
+                rows = [make(list(row)) for row in rows]
+            ends = list(accumulate(counts))
+            cuts = map(slice, [0] + ends[:-1], ends)
+            built = list(map(rows.__getitem__, cuts))
+            return list(
+                map(
+                    Result,
+                    [columns] * len(built),
+                    built,
+                    answer.get("commands") or (),
+                    answer.get("rows_affected") or (),
+                )
+            )
 
     def _build_results(
         self, answer: Dict[str, Any], all_rows: Any, commands: Any, affected: Any
@@ -298,8 +338,8 @@ class _Base:
         if count_only:
             message["count_only"] = True
         else:
-            # Columns once, and one list per field instead of one object per statement.
-            message["columnar"] = True
+            # Columns once, and one list of values per column instead of one per row.
+            message["column_major"] = True
         if atomic:
             message["atomic"] = True
         return message

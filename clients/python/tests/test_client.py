@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 
@@ -17,6 +18,7 @@ from qail_ipc import (
     ProgrammingError,
     dict_row,
     namedtuple_row,
+    tuple_row,
 )
 
 USERS = (
@@ -197,6 +199,43 @@ def test_pipeline(users):
     assert client.query_one("SELECT count(*) FROM t") == (3,)
     assert client.prepared_pipeline("INSERT INTO t VALUES ($1)", [[20], [21]], atomic=True) == 2
     assert client.query_one("SELECT count(*) FROM t") == (5,)
+    client.close()
+
+
+def test_pipeline_rows_are_the_same_in_every_answer_form(users):
+    # pipeline() asks for column_major answers; the older forms must build the same Results.
+    client = users.connect()
+    cases = [
+        (
+            "SELECT id, name, CASE WHEN id % 2 = 0 THEN NULL ELSE timestamptz '2024-01-02 03:04:05Z' END AS t, "
+            "ARRAY[id, -id] AS pair FROM users ORDER BY id LIMIT $1",
+            [[i % 4] for i in range(1500)],
+        ),
+        ("SELECT FROM generate_series(1, $1::int)", [[2], [0], [3]]),
+    ]
+    for factory in (tuple_row, dict_row, namedtuple_row):
+        client.row_factory = factory
+        for sql, batch in cases:
+            turned = client.pipeline(sql, batch)
+            for form in ("compact", "columnar"):
+                answer = client._request({"op": "pipeline", "sql": sql, "params_batch": batch, form: True})
+                other = client._pipeline_results(answer)
+                assert [r.rows for r in turned] == [r.rows for r in other], (factory, sql, form)
+                assert [r.command for r in turned] == [r.command for r in other]
+                assert [r.rows_affected for r in turned] == [r.rows_affected for r in other]
+                assert [r.columns for r in turned] == [r.columns for r in other]
+    client.row_factory = tuple_row
+    first = client.pipeline(cases[0][0], [[3]])[0]
+    assert isinstance(first.rows[0][2], datetime.datetime) and first.rows[1][2] is None
+    assert first.rows[0][3] == [1, -1]
+    assert client.pipeline(cases[1][0], [[2]])[0].rows == [(), ()]
+
+    # An answer whose lists do not add up is refused, not silently cut short.
+    with pytest.raises(InterfaceError, match="malformed pipeline answer"):
+        client._pipeline_results(
+            {"columns": [{"name": "a", "type": "int4"}], "counts": [2], "values": [[1]],
+             "rows_affected": [2], "commands": ["SELECT 2"]}
+        )
     client.close()
 
 

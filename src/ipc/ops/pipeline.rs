@@ -19,7 +19,8 @@ use crate::pg::burst::{self, Grouping};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
     convert_params, mark_broken_on_disconnect, prepare_on, run_pipelined, run_statements,
-    write_columns, write_query_fields, write_result_fields, write_rows, Outcome,
+    write_columns, write_query_fields, write_result_fields, write_rows, write_rows_by_column,
+    Outcome,
 };
 use crate::upstream::{GroupedCounters, Upstream};
 use crate::values::{write_json_str, TextParam};
@@ -117,6 +118,10 @@ pub async fn pipeline(
     }
     let mut columns = Vec::with_capacity(64);
     write_columns(&mut columns, stmt.columns());
+    if req.column_major.unwrap_or(false) {
+        reply.key("columns").extend_from_slice(&columns);
+        return write_column_major(reply, &entry, stmt.columns(), &results);
+    }
     if req.columnar.unwrap_or(false) {
         reply.key("columns").extend_from_slice(&columns);
         return write_columnar(reply, &entry, stmt.columns(), &results);
@@ -160,6 +165,52 @@ fn write_columnar(
     let out = reply.key("rows");
     out.reserve(results.len() * 48);
     write_list(out, outcomes(), |out, o| write_rows(out, o, columns))?;
+    write_outcome_lists(reply, entry, results)
+}
+
+/// The results of a successful pipeline with their rows turned around: `values` holds one list
+/// per column with that column's values of every row of every statement, in order, and
+/// `counts` how many of those rows each statement returned; then `rows_affected` and
+/// `commands` as in [`write_columnar`]. A client rebuilds the rows by zipping the columns, so
+/// it never decodes one JSON list per row.
+fn write_column_major(
+    reply: &mut Reply,
+    entry: &Entry,
+    columns: &[tokio_postgres::Column],
+    results: &[Result<Outcome, Error>],
+) -> Result<(), Error> {
+    let outcomes = || results.iter().filter_map(|r| r.as_ref().ok());
+    let rows = |o: &Outcome| o.rows.len() + o.wire_rows.len();
+    write_list(reply.key("counts"), outcomes(), |out, o| {
+        out.extend_from_slice(itoa::Buffer::new().format(rows(o)).as_bytes());
+        Ok(())
+    })?;
+    let total: usize = outcomes().map(rows).sum();
+    // A guess of a few bytes per value, capped so wide results do not reserve much up front.
+    let mut lists: Vec<Vec<u8>> = (0..columns.len())
+        .map(|_| Vec::with_capacity((total * 8).min(1 << 20)))
+        .collect();
+    for o in outcomes() {
+        write_rows_by_column(&mut lists, o, columns)?;
+    }
+    let out = reply.key("values");
+    out.reserve(lists.iter().map(|l| l.len() + 3).sum());
+    write_list(out, lists.iter(), |out, list| {
+        out.push(b'[');
+        out.extend_from_slice(list);
+        out.push(b']');
+        Ok(())
+    })?;
+    write_outcome_lists(reply, entry, results)
+}
+
+/// `rows_affected` and `commands`: one entry per statement of a successful pipeline.
+fn write_outcome_lists(
+    reply: &mut Reply,
+    entry: &Entry,
+    results: &[Result<Outcome, Error>],
+) -> Result<(), Error> {
+    let outcomes = || results.iter().filter_map(|r| r.as_ref().ok());
     write_list(reply.key("rows_affected"), outcomes(), |out, o| {
         out.extend_from_slice(itoa::Buffer::new().format(o.affected).as_bytes());
         Ok(())
