@@ -182,7 +182,7 @@ impl Lease {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.up.tasks.spawn(task);
+        self.up.spawn(task);
     }
 }
 
@@ -191,6 +191,11 @@ impl Drop for Lease {
         let mut lanes = self.up.lanes();
         if self.lane.users.fetch_sub(1, Ordering::Relaxed) == 1 {
             lanes.retain(|l| !Arc::ptr_eq(l, &self.lane));
+            if self.lane.conn.is_abandoned() {
+                // No other request uses the connection any more, so the cancel can only stop
+                // the abandoned work; the pool then discards the connection.
+                self.up.spawn(self.lane.conn.cancel_in_background());
+            }
         }
     }
 }
@@ -273,6 +278,14 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Runs `task` in the background, owned by this upstream (so shutdown waits for it).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
     }
 
     pub fn health(&self) -> Health {

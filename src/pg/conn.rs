@@ -38,6 +38,8 @@ pub struct PgConn {
     statements: Mutex<HashMap<u64, (Arc<Entry>, Statement)>>,
     statement_limit: usize,
     broken: AtomicBool,
+    /// A request was dropped half-way on this connection (see [`PgConn::abandon`]).
+    abandoned: AtomicBool,
     /// The daemon asked PostgreSQL to cancel what this connection runs (a request timed out),
     /// and the request has not wound down yet.
     cancel_sent: AtomicBool,
@@ -130,12 +132,34 @@ impl PgConn {
     /// Asks PostgreSQL (over a new socket) to cancel whatever this connection is running.
     pub async fn cancel_query(&self) -> Result<(), ConnectError> {
         self.cancel_sent.store(true, Ordering::Relaxed);
-        let sock = self
-            .endpoint
-            .connect(self.connect_timeout)
-            .await
-            .map_err(ConnectError::Socket)?;
-        Ok(self.cancel.cancel_query_raw(sock, NoTls).await?)
+        send_cancel(&self.endpoint, self.connect_timeout, &self.cancel).await
+    }
+
+    /// A cancel request for whatever this connection runs, to be sent by a task of its own:
+    /// the request that started the statement is gone (see [`PgConn::abandon`]).
+    pub fn cancel_in_background(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (endpoint, timeout, token) = (
+            self.endpoint.clone(),
+            self.connect_timeout,
+            self.cancel.clone(),
+        );
+        async move {
+            if let Err(e) = send_cancel(&endpoint, timeout, &token).await {
+                tracing::warn!(error = %e.describe(), "could not cancel an abandoned statement");
+            }
+        }
+    }
+
+    /// Records that a request was dropped before its work on this connection ended (a client
+    /// that left, the end of the shutdown grace period): the pool discards the connection,
+    /// and whatever it still runs is cancelled once no request uses it any more.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+        self.mark_broken();
+    }
+
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// Whether a cancel from [`PgConn::cancel_query`] may be what stopped a statement (so a
@@ -278,10 +302,23 @@ impl PgManager {
             statements: Mutex::new(HashMap::new()),
             statement_limit: self.statement_limit,
             broken: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             cancel_sent: AtomicBool::new(false),
             burst: Mutex::new(BurstStatements::default()),
         })
     }
+}
+
+async fn send_cancel(
+    endpoint: &Endpoint,
+    timeout: Duration,
+    token: &CancelToken,
+) -> Result<(), ConnectError> {
+    let sock = endpoint
+        .connect(timeout)
+        .await
+        .map_err(ConnectError::Socket)?;
+    Ok(token.cancel_query_raw(sock, NoTls).await?)
 }
 
 /// Why a connection could not be opened.

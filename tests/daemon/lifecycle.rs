@@ -171,6 +171,83 @@ async fn shutdown_lets_an_open_transaction_finish() {
     );
 }
 
+/// Statements of `db` still running `pg_sleep` in PostgreSQL.
+async fn sleeping(admin: &tokio_postgres::Client, db: &TestDb) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' \
+             AND query LIKE 'SELECT pg_sleep%'",
+            &[&db.name],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_statements_still_running_when_the_grace_period_ends() {
+    let db = TestDb::new().await;
+    let dir = temp_dir();
+    let mut cfg = base_config(db.cluster, &db.name, &dir.path().join("qail.sock"));
+    cfg.limits.shutdown_grace_ms = 300;
+    let daemon = qail_daemon::app::Daemon::bind(cfg).await.expect("bind");
+    let socket = daemon.socket_path().to_path_buf();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(daemon.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // One sleep on a shared connection (no time limit), one on a connection of its own (a time
+    // limit), one inside a transaction.
+    let mut shared = RawClient::connect(&socket).await;
+    shared.connect_main().await;
+    shared
+        .send(&json!({"id": 1, "op": "query", "sql": "SELECT pg_sleep(30)"}))
+        .await;
+    let mut own = RawClient::connect(&socket).await;
+    own.connect_main().await;
+    own.send(&json!({"id": 2, "op": "query", "sql": "SELECT pg_sleep(30)", "timeout_ms": 60_000}))
+        .await;
+    let mut in_tx = RawClient::connect(&socket).await;
+    in_tx.connect_main().await;
+    in_tx.call_ok(json!({"op": "begin"})).await;
+    in_tx
+        .send(&json!({"id": 3, "op": "query", "sql": "SELECT pg_sleep(30)"}))
+        .await;
+    let admin = db.admin().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleeping(&admin, &db).await < 3 {
+        assert!(Instant::now() < deadline, "the three sleeps never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let stopping = Instant::now();
+    stop.send(()).expect("daemon task alive");
+    let result = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the daemon stopped")
+        .expect("the daemon task did not panic");
+    assert!(result.is_ok(), "run() returned {result:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(6),
+        "shutdown took {:?} with a 300 ms grace period",
+        stopping.elapsed()
+    );
+    // Nothing of the stopped daemon keeps running in PostgreSQL.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = sleeping(&admin, &db).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} statements still run after the daemon stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_a_small_pool_with_correct_answers() {
     let db = TestDb::new().await;

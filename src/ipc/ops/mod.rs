@@ -152,6 +152,12 @@ pub async fn run_sql(
         }
     };
     let in_tx = failed.is_some();
+    let mut unfinished = Unfinished {
+        up,
+        conn,
+        shared: shared.is_some(),
+        armed: true,
+    };
     let work = async {
         match op {
             Op::Prepare => statements::prepare(up, conn, req, reply).await,
@@ -174,6 +180,7 @@ pub async fn run_sql(
             Err(timeout_error(limit))
         }
     };
+    unfinished.armed = false;
     if let (Err(e), Some(failed)) = (&result, failed) {
         // Any error PostgreSQL saw inside a transaction may have aborted it; commit checks.
         if e.from_server() || e.code() == Code::Timeout.as_str() {
@@ -184,4 +191,29 @@ pub async fn run_sql(
         up.count_error();
     }
     result
+}
+
+/// Guards a request's work on its connection. Dropped while armed, the request was abandoned
+/// half-way — its client left, or the shutdown grace period ended — and PostgreSQL may still be
+/// running its statement: the connection is marked abandoned (the pool discards it) and the
+/// statement is cancelled, at once on a connection of its own, or when the last request sharing
+/// the connection has let go of it (a cancel hits whatever the connection runs).
+struct Unfinished<'a> {
+    up: &'a Upstream,
+    conn: &'a PgConn,
+    shared: bool,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::debug!("request abandoned before its work ended; cancelling it in PostgreSQL");
+        self.conn.abandon();
+        if !self.shared {
+            self.up.spawn(self.conn.cancel_in_background());
+        }
+    }
 }
