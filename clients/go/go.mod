@@ -1,0 +1,3 @@
+module github.com/qail-daemon/qail-daemon/clients/go
+
+go 1.24
