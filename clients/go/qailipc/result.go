@@ -80,11 +80,13 @@ type batchAnswer struct {
 	Results []wireResult `json:"results"`
 }
 
-// pipelineAnswer covers the three pipeline shapes: columnar (what this client asks for),
-// compact, and one full result per statement; and count_only.
+// pipelineAnswer covers the four pipeline shapes: column_major (what this client asks for),
+// columnar, compact, and one full result per statement; and count_only.
 type pipelineAnswer struct {
 	header
 	Columns      []Column              `json:"columns"`
+	Counts       []int                 `json:"counts"`
+	Values       [][]json.RawMessage   `json:"values"`
 	Rows         [][][]json.RawMessage `json:"rows"`
 	RowsAffected []int64               `json:"rows_affected"`
 	Commands     []string              `json:"commands"`
@@ -162,6 +164,9 @@ func buildResult(cols []Column, ds []decoder, rows [][]json.RawMessage, command 
 
 // results turns any pipeline answer shape into one Result per statement.
 func (a *pipelineAnswer) results(raw bool) ([]*Result, error) {
+	if a.Counts != nil {
+		return a.columnMajor(raw)
+	}
 	if a.Commands != nil || (a.Results == nil && a.Rows != nil) {
 		n := len(a.Commands)
 		if len(a.Rows) != n || len(a.RowsAffected) != n {
@@ -197,6 +202,58 @@ func (a *pipelineAnswer) results(raw bool) ([]*Result, error) {
 			return nil, err
 		}
 		out[i] = r
+	}
+	return out, nil
+}
+
+// columnMajor rebuilds the rows of a column_major answer: Values holds one list per column with
+// every statement's rows in order, and Counts how many rows each statement returned.
+func (a *pipelineAnswer) columnMajor(raw bool) ([]*Result, error) {
+	n := len(a.Counts)
+	if len(a.Commands) != n || len(a.RowsAffected) != n || len(a.Values) != len(a.Columns) {
+		return nil, fmt.Errorf("qailipc: malformed column_major pipeline answer: %d counts, %d commands, %d rows_affected, %d value lists for %d columns",
+			n, len(a.Commands), len(a.RowsAffected), len(a.Values), len(a.Columns))
+	}
+	total := 0
+	for i, c := range a.Counts {
+		if c < 0 {
+			return nil, fmt.Errorf("qailipc: malformed column_major pipeline answer: statement %d has %d rows", i, c)
+		}
+		total += c
+	}
+	for k, col := range a.Values {
+		if len(col) != total {
+			return nil, fmt.Errorf("qailipc: malformed column_major pipeline answer: column %d has %d values for %d rows", k, len(col), total)
+		}
+	}
+	ds := decoders(a.Columns, raw)
+	cols := a.Columns
+	if cols == nil {
+		cols = []Column{}
+	}
+	width := len(ds)
+	cells := make([]any, total*width) // one backing array for every row's values
+	out := make([]*Result, n)
+	next := 0
+	for i, count := range a.Counts {
+		rows := make([][]any, count)
+		for r := range rows {
+			vals := cells[next*width : (next+1)*width : (next+1)*width]
+			for k, d := range ds {
+				raw := a.Values[k][next]
+				if len(raw) == 4 && string(raw) == "null" {
+					continue
+				}
+				v, err := d(raw)
+				if err != nil {
+					return nil, fmt.Errorf("qailipc: statement %d row %d column %d: %w", i, r, k, err)
+				}
+				vals[k] = v
+			}
+			rows[r] = vals
+			next++
+		}
+		out[i] = &Result{Columns: cols, Rows: rows, Command: a.Commands[i], RowsAffected: a.RowsAffected[i]}
 	}
 	return out, nil
 }

@@ -203,8 +203,8 @@ func pipelineRequest(argsBatch [][]any, opts *PipelineOptions, countOnly bool) *
 	if countOnly {
 		r.fields = append(r.fields, kv{"count_only", true})
 	} else {
-		// Columns once and one list per field: the cheapest answer to decode.
-		r.fields = append(r.fields, kv{"columnar", true})
+		// Columns once and one list of values per column: the cheapest answer to decode.
+		r.fields = append(r.fields, kv{"column_major", true})
 	}
 	if opts != nil && opts.Atomic {
 		r.fields = append(r.fields, kv{"atomic", true})

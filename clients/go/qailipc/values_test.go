@@ -168,9 +168,10 @@ func TestDecoders(t *testing.T) {
 func TestDecodeRowsAndPipelineShapes(t *testing.T) {
 	cols := `[{"name":"id","type":"int8"},{"name":"at","type":"date"}]`
 	answers := map[string]string{
-		"columnar": `{"id":1,"ok":true,"columns":` + cols + `,"rows":[[[1,"2024-01-01"]],[[2,null],[3,"infinity"]]],"rows_affected":[1,2],"commands":["SELECT 1","SELECT 2"]}`,
-		"compact":  `{"id":1,"ok":true,"columns":` + cols + `,"results":[{"rows":[[1,"2024-01-01"]],"command":"SELECT 1","rows_affected":1},{"rows":[[2,null],[3,"infinity"]],"command":"SELECT 2"}]}`,
-		"full":     `{"id":1,"ok":true,"results":[{"columns":` + cols + `,"rows":[[1,"2024-01-01"]],"command":"SELECT 1"},{"columns":` + cols + `,"rows":[[2,null],[3,"infinity"]],"command":"SELECT 2","rows_affected":2}]}`,
+		"column_major": `{"id":1,"ok":true,"columns":` + cols + `,"counts":[1,2],"values":[[1,2,3],["2024-01-01",null,"infinity"]],"rows_affected":[1,2],"commands":["SELECT 1","SELECT 2"]}`,
+		"columnar":     `{"id":1,"ok":true,"columns":` + cols + `,"rows":[[[1,"2024-01-01"]],[[2,null],[3,"infinity"]]],"rows_affected":[1,2],"commands":["SELECT 1","SELECT 2"]}`,
+		"compact":      `{"id":1,"ok":true,"columns":` + cols + `,"results":[{"rows":[[1,"2024-01-01"]],"command":"SELECT 1","rows_affected":1},{"rows":[[2,null],[3,"infinity"]],"command":"SELECT 2"}]}`,
+		"full":         `{"id":1,"ok":true,"results":[{"columns":` + cols + `,"rows":[[1,"2024-01-01"]],"command":"SELECT 1"},{"columns":` + cols + `,"rows":[[2,null],[3,"infinity"]],"command":"SELECT 2","rows_affected":2}]}`,
 	}
 	want := [][][]any{
 		{{int64(1), time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}},
@@ -201,6 +202,17 @@ func TestDecodeRowsAndPipelineShapes(t *testing.T) {
 	json.Unmarshal([]byte(`{"columns":[],"rows":[[]],"rows_affected":[],"commands":["SELECT 0"]}`), &bad)
 	if _, err := bad.results(false); err == nil {
 		t.Error("malformed columnar answer accepted")
+	}
+	for _, body := range []string{
+		`{"columns":[{"name":"a","type":"int4"}],"counts":[2],"values":[[1]],"rows_affected":[2],"commands":["SELECT 2"]}`,
+		`{"columns":[{"name":"a","type":"int4"}],"counts":[1],"values":[],"rows_affected":[1],"commands":["SELECT 1"]}`,
+		`{"columns":[],"counts":[-1],"values":[],"rows_affected":[0],"commands":["SELECT 0"]}`,
+	} {
+		var short pipelineAnswer
+		json.Unmarshal([]byte(body), &short)
+		if _, err := short.results(false); err == nil {
+			t.Errorf("malformed column_major answer accepted: %s", body)
+		}
 	}
 	if _, err := decodeRows(decoders([]Column{{"a", "int4"}}, false), [][]json.RawMessage{{json.RawMessage(`1`), json.RawMessage(`2`)}}); err == nil {
 		t.Error("row wider than its columns accepted")
