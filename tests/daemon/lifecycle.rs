@@ -190,15 +190,19 @@ async fn shutdown_cancels_statements_still_running_when_the_grace_period_ends() 
     let dir = temp_dir();
     let mut cfg = base_config(db.cluster, &db.name, &dir.path().join("qail.sock"));
     cfg.limits.shutdown_grace_ms = 300;
+    cfg.upstreams[0].pool_max = 8;
+    cfg.upstreams[0].pool_min_idle = 8;
     let daemon = qail_daemon::app::Daemon::bind(cfg).await.expect("bind");
     let socket = daemon.socket_path().to_path_buf();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(daemon.run(async move {
         let _ = stopped.await;
     }));
+    // Idle connections for the pipeline to spread over.
+    wait_for_backends(&db, 8).await;
 
     // One sleep on a shared connection (no time limit), one on a connection of its own (a time
-    // limit), one inside a transaction.
+    // limit), one inside a transaction, and a pipeline of them spread over two connections.
     let mut shared = RawClient::connect(&socket).await;
     shared.connect_main().await;
     shared
@@ -214,10 +218,16 @@ async fn shutdown_cancels_statements_still_running_when_the_grace_period_ends() 
     in_tx
         .send(&json!({"id": 3, "op": "query", "sql": "SELECT pg_sleep(30)"}))
         .await;
+    let mut spread = RawClient::connect(&socket).await;
+    spread.connect_main().await;
+    let batch: Vec<Value> = (0..600).map(|_| json!([30])).collect();
+    spread
+        .send(&json!({"id": 4, "op": "pipeline", "sql": "SELECT pg_sleep($1)", "params_batch": batch}))
+        .await;
     let admin = db.admin().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while sleeping(&admin, &db).await < 3 {
-        assert!(Instant::now() < deadline, "the three sleeps never started");
+    while sleeping(&admin, &db).await < 5 {
+        assert!(Instant::now() < deadline, "the five sleeps never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

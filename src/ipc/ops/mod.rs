@@ -152,12 +152,7 @@ pub async fn run_sql(
         }
     };
     let in_tx = failed.is_some();
-    let mut unfinished = Unfinished {
-        up,
-        conn,
-        shared: shared.is_some(),
-        armed: true,
-    };
+    let unfinished = Unfinished::new(up, conn, shared.is_some());
     let work = async {
         match op {
             Op::Prepare => statements::prepare(up, conn, req, reply).await,
@@ -180,7 +175,7 @@ pub async fn run_sql(
             Err(timeout_error(limit))
         }
     };
-    unfinished.armed = false;
+    unfinished.done();
     if let (Err(e), Some(failed)) = (&result, failed) {
         // Any error PostgreSQL saw inside a transaction may have aborted it; commit checks.
         if e.from_server() || e.code() == Code::Timeout.as_str() {
@@ -198,11 +193,28 @@ pub async fn run_sql(
 /// running its statement: the connection is marked abandoned (the pool discards it) and the
 /// statement is cancelled, at once on a connection of its own, or when the last request sharing
 /// the connection has let go of it (a cancel hits whatever the connection runs).
-struct Unfinished<'a> {
+pub(super) struct Unfinished<'a> {
     up: &'a Upstream,
     conn: &'a PgConn,
     shared: bool,
     armed: bool,
+}
+
+impl<'a> Unfinished<'a> {
+    /// Armed until [`Unfinished::done`]; `shared` when `conn` is a lease other requests use too.
+    pub(super) fn new(up: &'a Upstream, conn: &'a PgConn, shared: bool) -> Self {
+        Unfinished {
+            up,
+            conn,
+            shared,
+            armed: true,
+        }
+    }
+
+    /// The work ended (well or not): nothing to cancel.
+    pub(super) fn done(mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for Unfinished<'_> {

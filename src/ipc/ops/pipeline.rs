@@ -26,6 +26,7 @@ use crate::upstream::{GroupedCounters, Upstream};
 use crate::values::{write_json_str, TextParam};
 
 use super::statements::missing;
+use super::Unfinished;
 
 const SAVEPOINT: &str = "qail_atomic";
 
@@ -64,92 +65,104 @@ pub async fn pipeline(
     let mut conns: Vec<&PgConn> = Vec::with_capacity(1 + extra.len());
     conns.push(conn);
     conns.extend(extra.iter().map(|c| &**c));
-
-    open_atomic(conns[0], atomic, in_transaction).await?;
-    let grouped = match (in_transaction, atomic) {
-        (false, false) if burst::eligible(&entry.class) => Some((&up.grouped, Grouping::ReadOnly)),
-        // An atomic pipeline's own transaction: any statement, the first failure is final.
-        (false, true) => Some((&up.grouped, Grouping::InTransaction)),
-        _ => None,
-    };
-    let mut results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
-    let stale: Vec<bool> = results
+    // The connections borrowed for the spread are this request's alone: if it is dropped
+    // half-way, what they still run is cancelled (the first one is guarded by `run_sql`).
+    let spread: Vec<Unfinished<'_>> = extra
         .iter()
-        .map(|r| r.as_ref().err().is_some_and(Error::is_stale_statement))
+        .map(|c| Unfinished::new(up, c, false))
         .collect();
-    if stale.contains(&true) && !in_transaction && !atomic {
-        // A schema change invalidated the statement: prepare it again and run once more the
-        // statements that failed for it (a stale statement never started executing; the
-        // others ran and keep their answers).
-        for c in &conns {
-            c.forget(entry.id);
-            c.burst_statements().forget(entry.id);
-        }
-        let fresh = conns[0].statement(&entry).await?;
-        entry.set_shape(crate::catalog::Shape::of(&fresh));
-        let again: Vec<Vec<TextParam>> = convert_all(&fresh, batch)?
-            .into_iter()
-            .zip(&stale)
-            .filter_map(|(p, &s)| s.then_some(p))
+    let result = async {
+        open_atomic(conns[0], atomic, in_transaction).await?;
+        let grouped = match (in_transaction, atomic) {
+            (false, false) if burst::eligible(&entry.class) => {
+                Some((&up.grouped, Grouping::ReadOnly))
+            }
+            // An atomic pipeline's own transaction: any statement, the first failure is final.
+            (false, true) => Some((&up.grouped, Grouping::InTransaction)),
+            _ => None,
+        };
+        let mut results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
+        let stale: Vec<bool> = results
+            .iter()
+            .map(|r| r.as_ref().err().is_some_and(Error::is_stale_statement))
             .collect();
-        let answers = run_spread(&entry, &conns, &again, !count_only, grouped).await;
-        let slots = stale.iter().enumerate().filter(|(_, &s)| s).map(|(i, _)| i);
-        for (i, answer) in slots.zip(answers) {
-            results[i] = answer;
-        }
-    }
-    let failure = first_failure(&mut results);
-    close_atomic(conns[0], atomic, in_transaction, failure.is_none()).await?;
-    if !in_transaction && entry.class.leaves_session_state {
-        // `set_config(…, false)`, a session-level advisory lock …: nothing of it may reach the
-        // next client of these connections.
-        for c in &conns {
-            c.reset_session().await?;
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let stmt = conns[0].statement(&entry).await.unwrap_or(stmt);
-
-    if count_only {
-        reply.int_field("count", results.len() as u64);
-        return Ok(());
-    }
-    let mut columns = Vec::with_capacity(64);
-    write_columns(&mut columns, stmt.columns());
-    if req.column_major.unwrap_or(false) {
-        reply.key("columns").extend_from_slice(&columns);
-        return write_column_major(reply, &entry, stmt.columns(), &results);
-    }
-    if req.columnar.unwrap_or(false) {
-        reply.key("columns").extend_from_slice(&columns);
-        return write_columnar(reply, &entry, stmt.columns(), &results);
-    }
-    let compact = req.compact.unwrap_or(false);
-    if compact {
-        reply.key("columns").extend_from_slice(&columns);
-    }
-    let out = reply.key("results");
-    let per_result = if compact { 48 } else { columns.len() + 48 };
-    out.reserve(results.len() * per_result);
-    out.push(b'[');
-    for (i, r) in results.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'{');
-        if let Ok(outcome) = r {
-            if compact {
-                write_result_fields(out, stmt.columns(), &entry, outcome)?;
-            } else {
-                write_query_fields(out, &columns, stmt.columns(), &entry, outcome)?;
+        if stale.contains(&true) && !in_transaction && !atomic {
+            // A schema change invalidated the statement: prepare it again and run once more the
+            // statements that failed for it (a stale statement never started executing; the
+            // others ran and keep their answers).
+            for c in &conns {
+                c.forget(entry.id);
+                c.burst_statements().forget(entry.id);
+            }
+            let fresh = conns[0].statement(&entry).await?;
+            entry.set_shape(crate::catalog::Shape::of(&fresh));
+            let again: Vec<Vec<TextParam>> = convert_all(&fresh, batch)?
+                .into_iter()
+                .zip(&stale)
+                .filter_map(|(p, &s)| s.then_some(p))
+                .collect();
+            let answers = run_spread(&entry, &conns, &again, !count_only, grouped).await;
+            let slots = stale.iter().enumerate().filter(|(_, &s)| s).map(|(i, _)| i);
+            for (i, answer) in slots.zip(answers) {
+                results[i] = answer;
             }
         }
-        out.push(b'}');
+        let failure = first_failure(&mut results);
+        close_atomic(conns[0], atomic, in_transaction, failure.is_none()).await?;
+        if !in_transaction && entry.class.leaves_session_state {
+            // `set_config(…, false)`, a session-level advisory lock …: nothing of it may reach the
+            // next client of these connections.
+            for c in &conns {
+                c.reset_session().await?;
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let stmt = conns[0].statement(&entry).await.unwrap_or(stmt);
+
+        if count_only {
+            reply.int_field("count", results.len() as u64);
+            return Ok(());
+        }
+        let mut columns = Vec::with_capacity(64);
+        write_columns(&mut columns, stmt.columns());
+        if req.column_major.unwrap_or(false) {
+            reply.key("columns").extend_from_slice(&columns);
+            return write_column_major(reply, &entry, stmt.columns(), &results);
+        }
+        if req.columnar.unwrap_or(false) {
+            reply.key("columns").extend_from_slice(&columns);
+            return write_columnar(reply, &entry, stmt.columns(), &results);
+        }
+        let compact = req.compact.unwrap_or(false);
+        if compact {
+            reply.key("columns").extend_from_slice(&columns);
+        }
+        let out = reply.key("results");
+        let per_result = if compact { 48 } else { columns.len() + 48 };
+        out.reserve(results.len() * per_result);
+        out.push(b'[');
+        for (i, r) in results.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'{');
+            if let Ok(outcome) = r {
+                if compact {
+                    write_result_fields(out, stmt.columns(), &entry, outcome)?;
+                } else {
+                    write_query_fields(out, &columns, stmt.columns(), &entry, outcome)?;
+                }
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+        Ok(())
     }
-    out.push(b']');
-    Ok(())
+    .await;
+    spread.into_iter().for_each(Unfinished::done);
+    result
 }
 
 /// The results of a successful pipeline as three lists — `rows`, `rows_affected` and
