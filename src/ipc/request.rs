@@ -25,11 +25,13 @@ pub const OPS: &[&str] = &[
     "close",
 ];
 
-/// Just the op, read without validating the other fields.
+/// Just the op and the id, read without validating the other fields.
 #[derive(Deserialize)]
 pub struct Peek<'a> {
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
 }
 
 /// Just the id, read from a request that failed to parse.

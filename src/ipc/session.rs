@@ -13,6 +13,7 @@
 //! When a reload replaced the session's upstream, the session moves to the successor before its
 //! next request (never inside a transaction, which stays on the connection it pinned).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,6 +41,10 @@ type Pending = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
 /// Initial read buffer per connection; it grows only for large frames.
 const READ_BUFFER: usize = 2048;
 
+/// How long a session cut off at the end of the shutdown grace period may take to tell its
+/// client which requests did not finish.
+const CUT_OFF_WRITE: Duration = Duration::from_millis(200);
+
 /// One client connection's state.
 pub struct Session {
     shared: Arc<Shared>,
@@ -50,6 +55,57 @@ pub struct Session {
     cancel: CancellationToken,
     /// This client's entry in the registry `/clients` lists.
     info: Arc<ClientInfo>,
+    ledger: Ledger,
+}
+
+/// The ids of the requests accepted but not answered yet, in answer order, and whether an
+/// answer is half written: what a session needs to tell its client when the shutdown grace
+/// period ends before its requests do.
+#[derive(Default)]
+struct Ledger {
+    ids: VecDeque<Option<Box<str>>>,
+    torn: bool,
+}
+
+impl Ledger {
+    /// Writes one answer frame, counting its bytes; `listed` answers settle the oldest id.
+    async fn send(
+        &mut self,
+        shared: &Shared,
+        write: &mut OwnedWriteHalf,
+        answer: &[u8],
+        listed: bool,
+    ) -> std::io::Result<()> {
+        shared.metrics.frame_out(answer.len());
+        self.torn = true;
+        write.write_all(answer).await?;
+        self.torn = false;
+        if listed {
+            self.ids.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Answers `shutting_down` to every request still unanswered when the session is cut off
+    /// (unless an answer was cut half-way, which leaves nothing sound to write after it), within
+    /// a short time, so a client that does not read cannot hold the shutdown up.
+    async fn cut_off(&mut self, shared: &Shared, write: &mut OwnedWriteHalf) {
+        if self.torn || self.ids.is_empty() {
+            return;
+        }
+        let e = Error::new(
+            Code::ShuttingDown,
+            "the daemon stopped before this request finished (its shutdown grace period ended); \
+             what of it still ran in PostgreSQL was cancelled",
+        );
+        let mut out = Vec::new();
+        for id in self.ids.drain(..) {
+            shared.metrics.count_error(e.code());
+            out.extend_from_slice(&Reply::new(id.as_deref()).fail(&e));
+        }
+        shared.metrics.frame_out(out.len());
+        let _ = tokio::time::timeout(CUT_OFF_WRITE, write.write_all(&out)).await;
+    }
 }
 
 enum Next {
@@ -73,6 +129,7 @@ impl Session {
             authed,
             cancel,
             info,
+            ledger: Ledger::default(),
         }
     }
 
@@ -98,6 +155,7 @@ impl Session {
                 if self.tx.take().is_some() {
                     tracing::warn!("open transaction abandoned at the end of the shutdown grace period");
                 }
+                self.ledger.cut_off(&self.shared, &mut write).await;
             }
             _ = self.serve(read, &mut write) => {}
         }
@@ -120,7 +178,7 @@ impl Session {
             tokio::select! {
                 biased;
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                    if send(&self.shared, &mut *write, &answer).await.is_err() {
+                    if self.ledger.send(&self.shared, &mut *write, &answer, true).await.is_err() {
                         break;
                     }
                 }
@@ -128,7 +186,7 @@ impl Session {
                     stopping = true;
                     if self.tx.is_none() {
                         reading = false;
-                        if refuse_arrived(&self.shared, &mut frames, &mut in_flight).is_err() {
+                        if refuse_arrived(&self.shared, &mut frames, &mut in_flight, &mut self.ledger).is_err() {
                             break;
                         }
                     }
@@ -138,32 +196,32 @@ impl Session {
                         Some(Ok(frame)) => match self.route(frame) {
                             Ok(pending) => in_flight.push_back(pending),
                             Err(frame) => {
-                                if drain(&self.shared, &mut in_flight, &mut *write).await.is_err() {
+                                if drain(&self.shared, &mut in_flight, &mut *write, &mut self.ledger).await.is_err() {
                                     break;
                                 }
                                 let (answer, next) = self.run_inline(&frame).await;
-                                if send(&self.shared, &mut *write, &answer).await.is_err() {
+                                if self.ledger.send(&self.shared, &mut *write, &answer, true).await.is_err() {
                                     break;
                                 }
                                 if matches!(next, Next::Close) {
                                     reading = false;
                                 } else if stopping && self.tx.is_none() {
                                     reading = false;
-                                    if refuse_arrived(&self.shared, &mut frames, &mut in_flight).is_err() {
+                                    if refuse_arrived(&self.shared, &mut frames, &mut in_flight, &mut self.ledger).is_err() {
                                         break;
                                     }
                                 }
                             }
                         },
                         Some(Err(FrameError::TooLarge { len, max })) => {
-                            let _ = drain(&self.shared, &mut in_flight, &mut *write).await;
+                            let _ = drain(&self.shared, &mut in_flight, &mut *write, &mut self.ledger).await;
                             let e = Error::new(
                                 Code::FrameTooLarge,
                                 format!("frame of {len} bytes exceeds the {max}-byte limit; closing the connection"),
                             );
                             tracing::debug!(len, max, "refused oversized frame");
                             self.shared.metrics.count_error(e.code());
-                            let _ = send(&self.shared, &mut *write, &Reply::new(None).fail(&e)).await;
+                            let _ = self.ledger.send(&self.shared, &mut *write, &Reply::new(None).fail(&e), false).await;
                             break;
                         }
                         Some(Err(FrameError::Io(e))) => {
@@ -181,13 +239,16 @@ impl Session {
     /// Independent requests become a pending answer; barriers are handed back to run inline.
     fn route(&mut self, frame: Bytes) -> Result<Pending, Bytes> {
         self.shared.metrics.frame_in(frame.len() + 4);
+        let peek = serde_json::from_slice::<Peek<'_>>(&frame).ok();
+        let id = peek
+            .as_ref()
+            .and_then(|p| p.id)
+            .map(|id| Box::from(id.get()));
+        self.ledger.ids.push_back(id);
         if self.tx.is_some() {
             return Err(frame);
         }
-        let op = match serde_json::from_slice::<Peek<'_>>(&frame) {
-            Ok(Peek { op: Some(op) }) => Op::parse(&op).ok(),
-            _ => None,
-        };
+        let op = peek.and_then(|p| p.op).and_then(|op| Op::parse(&op).ok());
         match op {
             Some(op) if op.is_independent() && self.authed => {
                 let shared = self.shared.clone();
@@ -359,13 +420,13 @@ async fn run_independent(
     ops::run_sql(op, up, tx, req, limit, reply).await
 }
 
-/// Writes one answer frame, counting its bytes.
 /// At shutdown: answers `shutting_down` to every request that has already arrived (without
 /// waiting for more), so a client learns why instead of just seeing the connection close.
 fn refuse_arrived(
     shared: &Arc<Shared>,
     frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameDecoder>,
     in_flight: &mut FuturesOrdered<Pending>,
+    ledger: &mut Ledger,
 ) -> Result<(), ()> {
     use futures_util::FutureExt;
     while let Some(Some(frame)) = frames.next().now_or_never() {
@@ -382,14 +443,10 @@ fn refuse_arrived(
         );
         shared.metrics.count_error(e.code());
         let answer = Reply::new(id.as_deref()).fail(&e);
+        ledger.ids.push_back(id.map(String::into_boxed_str));
         in_flight.push_back(Box::pin(std::future::ready(answer)));
     }
     Ok(())
-}
-
-async fn send(shared: &Shared, write: &mut OwnedWriteHalf, answer: &[u8]) -> std::io::Result<()> {
-    shared.metrics.frame_out(answer.len());
-    write.write_all(answer).await
 }
 
 /// Writes every queued answer, in order.
@@ -397,9 +454,10 @@ async fn drain(
     shared: &Shared,
     in_flight: &mut FuturesOrdered<Pending>,
     write: &mut OwnedWriteHalf,
+    ledger: &mut Ledger,
 ) -> std::io::Result<()> {
     while let Some(answer) = in_flight.next().await {
-        send(shared, write, &answer).await?;
+        ledger.send(shared, write, &answer, true).await?;
     }
     Ok(())
 }

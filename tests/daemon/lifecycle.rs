@@ -243,6 +243,16 @@ async fn shutdown_cancels_statements_still_running_when_the_grace_period_ends() 
         "shutdown took {:?} with a 300 ms grace period",
         stopping.elapsed()
     );
+    // Each client learns why its request got no result.
+    for (id, client) in [(1, &mut shared), (2, &mut own), (3, &mut in_tx), (4, &mut spread)] {
+        let answer = client
+            .try_recv_within(Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|| panic!("request {id} got no answer before the connection closed"));
+        assert_eq!(answer["id"], json!(id), "{answer}");
+        assert_eq!(answer["error"]["code"], json!("shutting_down"), "{answer}");
+        client.expect_closed().await;
+    }
     // Nothing of the stopped daemon keeps running in PostgreSQL.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
