@@ -334,57 +334,24 @@ fn write_named_types<'a>(
     out.push(b']');
 }
 
-/// `[[v, v], [v, v]]` for an outcome's rows, values encoded by column type. `columns` describe
-/// wire rows (decoded rows carry their own).
+/// `[[v, v], [v, v]]` for an outcome's rows, values encoded by column type.
 pub fn write_rows(out: &mut Vec<u8>, outcome: &Outcome, columns: &[Column]) -> Result<(), Error> {
     out.push(b'[');
-    for (r, row) in outcome.rows.iter().enumerate() {
-        if r > 0 {
+    let mut first = true;
+    for_each_row(outcome, columns, |cells| {
+        if !std::mem::take(&mut first) {
             out.push(b',');
         }
         out.push(b'[');
-        for (i, col) in row.columns().iter().enumerate() {
+        for (i, (col, cell)) in columns.iter().zip(cells).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            let cell: RawCell<'_> = row.try_get(i).map_err(|e| {
-                Error::new(
-                    Code::Internal,
-                    format!("cannot read column {}: {e}", col.name()),
-                )
-            })?;
-            write_cell(out, col, cell.0)?;
+            write_cell(out, col, *cell)?;
         }
         out.push(b']');
-    }
-    for (r, row) in outcome.wire_rows.iter().enumerate() {
-        if r > 0 || !outcome.rows.is_empty() {
-            out.push(b',');
-        }
-        out.push(b'[');
-        let buf = row.buffer();
-        let mut ranges = row.ranges();
-        let mut i = 0;
-        while let Some(range) = ranges.next().map_err(|e| {
-            Error::new(
-                Code::Internal,
-                format!("malformed row from PostgreSQL: {e}"),
-            )
-        })? {
-            let col = columns.get(i).ok_or_else(|| {
-                Error::new(
-                    Code::Internal,
-                    "PostgreSQL sent more values than the statement has columns",
-                )
-            })?;
-            if i > 0 {
-                out.push(b',');
-            }
-            write_cell(out, col, range.map(|r| &buf[r]))?;
-            i += 1;
-        }
-        out.push(b']');
-    }
+        Ok(())
+    })?;
     out.push(b']');
     Ok(())
 }
@@ -396,52 +363,67 @@ pub fn write_rows_by_column(
     outcome: &Outcome,
     columns: &[Column],
 ) -> Result<(), Error> {
-    let uneven = || {
+    for_each_row(outcome, columns, |cells| {
+        for ((col, cell), list) in columns.iter().zip(cells).zip(lists.iter_mut()) {
+            if !list.is_empty() {
+                list.push(b',');
+            }
+            write_cell(list, col, *cell)?;
+        }
+        Ok(())
+    })
+}
+
+/// Hands `visit` the values of each row of `outcome` in order (decoded rows first, then wire
+/// rows), one per column of `columns` (a row with another number of values is an error), in a
+/// buffer reused from row to row.
+fn for_each_row<'a>(
+    outcome: &'a Outcome,
+    columns: &[Column],
+    mut visit: impl FnMut(&[Option<&'a [u8]>]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let uneven = |n: usize| {
         Error::new(
             Code::Internal,
             format!(
-                "PostgreSQL sent a row whose number of values is not the statement's {} columns",
+                "PostgreSQL sent a row of {n} values for a statement of {} columns",
                 columns.len()
             ),
         )
     };
+    let mut cells: Vec<Option<&'a [u8]>> = Vec::with_capacity(columns.len());
     for row in &outcome.rows {
-        if row.len() != lists.len() {
-            return Err(uneven());
+        if row.len() != columns.len() {
+            return Err(uneven(row.len()));
         }
-        for (i, (col, list)) in row.columns().iter().zip(lists.iter_mut()).enumerate() {
-            if !list.is_empty() {
-                list.push(b',');
-            }
-            let cell: RawCell<'_> = row.try_get(i).map_err(|e| {
+        cells.clear();
+        for (i, col) in row.columns().iter().enumerate() {
+            let cell: RawCell<'a> = row.try_get(i).map_err(|e| {
                 Error::new(
                     Code::Internal,
                     format!("cannot read column {}: {e}", col.name()),
                 )
             })?;
-            write_cell(list, col, cell.0)?;
+            cells.push(cell.0);
         }
+        visit(&cells)?;
     }
     for row in &outcome.wire_rows {
+        cells.clear();
         let buf = row.buffer();
         let mut ranges = row.ranges();
-        let mut i = 0;
         while let Some(range) = ranges.next().map_err(|e| {
             Error::new(
                 Code::Internal,
                 format!("malformed row from PostgreSQL: {e}"),
             )
         })? {
-            let (col, list) = columns.get(i).zip(lists.get_mut(i)).ok_or_else(uneven)?;
-            if !list.is_empty() {
-                list.push(b',');
-            }
-            write_cell(list, col, range.map(|r| &buf[r]))?;
-            i += 1;
+            cells.push(range.map(|r| &buf[r]));
         }
-        if i != lists.len() {
-            return Err(uneven());
+        if cells.len() != columns.len() {
+            return Err(uneven(cells.len()));
         }
+        visit(&cells)?;
     }
     Ok(())
 }

@@ -10,28 +10,41 @@ use tokio::sync::oneshot;
 
 use crate::support::{base_config, temp_dir, RawClient, TestDb};
 
-/// Waits (at most 10 s) until the pool of `db` holds at least `n` connections.
-async fn wait_for_backends(db: &TestDb, n: i64) {
+/// Backends of the daemon's pool.
+const POOLED: &str = "application_name = 'qail-daemon'";
+/// Statements running `pg_sleep`.
+const SLEEPING: &str = "state = 'active' AND query LIKE 'SELECT pg_sleep%'";
+
+/// Polls the number of `db`'s backends in `pg_stat_activity` matching `filter` (an SQL
+/// condition) every 20 ms until `done` holds; fails with `what` and the count after `limit`.
+async fn wait_for_activity(
+    db: &TestDb,
+    filter: &str,
+    limit: Duration,
+    done: impl Fn(i64) -> bool,
+    what: &str,
+) {
     let admin = db.admin().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND {filter}");
+    let deadline = Instant::now() + limit;
     loop {
-        let open: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'qail-daemon'",
-                &[&db.name],
-            )
+        let n: i64 = admin
+            .query_one(&sql, &[&db.name])
             .await
             .expect("pg_stat_activity")
             .get(0);
-        if open >= n {
+        if done(n) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the pool never opened {n} connections (has {open})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(Instant::now() < deadline, "{what} (count: {n})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits (at most 10 s) until the pool of `db` holds at least `n` connections.
+async fn wait_for_backends(db: &TestDb, n: i64) {
+    let what = format!("the pool never opened {n} connections");
+    wait_for_activity(db, POOLED, Duration::from_secs(10), |open| open >= n, &what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,27 +152,11 @@ async fn shutdown_lets_an_open_transaction_finish() {
         .expect("the daemon task did not panic");
     assert!(result.is_ok(), "run() returned {result:?}");
     assert!(!socket.exists(), "the socket file is removed on shutdown");
-    let admin = db.admin().await;
     // run() waited for its PostgreSQL connections to close: their backends are going away.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'qail-daemon'",
-                &[&db.name],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{left} backends of the stopped daemon are still there"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gone = |n| n == 0;
+    let what = "backends of the stopped daemon are still there";
+    wait_for_activity(&db, POOLED, Duration::from_secs(2), gone, what).await;
+    let admin = db.admin().await;
     let committed: i64 = admin
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -169,19 +166,6 @@ async fn shutdown_lets_an_open_transaction_finish() {
         committed, 2,
         "the transaction finished during shutdown is committed"
     );
-}
-
-/// Statements of `db` still running `pg_sleep` in PostgreSQL.
-async fn sleeping(admin: &tokio_postgres::Client, db: &TestDb) -> i64 {
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' \
-             AND query LIKE 'SELECT pg_sleep%'",
-            &[&db.name],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,12 +208,9 @@ async fn shutdown_cancels_statements_still_running_when_the_grace_period_ends() 
     spread
         .send(&json!({"id": 4, "op": "pipeline", "sql": "SELECT pg_sleep($1)", "params_batch": batch}))
         .await;
-    let admin = db.admin().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sleeping(&admin, &db).await < 5 {
-        assert!(Instant::now() < deadline, "the five sleeps never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let started = |n| n >= 5;
+    let what = "the five sleeps never started";
+    wait_for_activity(&db, SLEEPING, Duration::from_secs(10), started, what).await;
 
     let stopping = Instant::now();
     stop.send(()).expect("daemon task alive");
@@ -244,7 +225,12 @@ async fn shutdown_cancels_statements_still_running_when_the_grace_period_ends() 
         stopping.elapsed()
     );
     // Each client learns why its request got no result.
-    for (id, client) in [(1, &mut shared), (2, &mut own), (3, &mut in_tx), (4, &mut spread)] {
+    for (id, client) in [
+        (1, &mut shared),
+        (2, &mut own),
+        (3, &mut in_tx),
+        (4, &mut spread),
+    ] {
         let answer = client
             .try_recv_within(Duration::from_secs(2))
             .await
@@ -254,18 +240,8 @@ async fn shutdown_cancels_statements_still_running_when_the_grace_period_ends() 
         client.expect_closed().await;
     }
     // Nothing of the stopped daemon keeps running in PostgreSQL.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let left = sleeping(&admin, &db).await;
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{left} statements still run after the daemon stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = "statements still run after the daemon stopped";
+    wait_for_activity(&db, SLEEPING, Duration::from_secs(3), |n| n == 0, what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
