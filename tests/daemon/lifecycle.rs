@@ -83,6 +83,22 @@ async fn large_pipeline_is_spread_over_idle_connections_and_keeps_order() {
         "2000 statements with 4 idle connections ran on one backend only"
     );
 
+    // Three sent at once by one client (a chunked pipeline) compete for the same idle
+    // connections; the answers still keep their order and their statements.
+    for k in 0..3 {
+        c.send(&json!({"id": 100 + k, "op": "pipeline", "handle": handle, "params_batch": batch}))
+            .await;
+    }
+    for k in 0..3 {
+        let r = c.recv().await;
+        assert_eq!(r["id"], json!(100 + k), "{r}");
+        let results = r["results"].as_array().expect("results");
+        assert_eq!(results.len(), 2000);
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result["rows"][0][0], json!(i), "pipeline {k}, result {i}");
+        }
+    }
+
     let r = c
         .call_ok(
             json!({"op": "pipeline", "handle": handle, "params_batch": batch, "count_only": true}),
