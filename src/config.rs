@@ -362,6 +362,26 @@ pub struct UpstreamConfig {
     pub checkout_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub health_interval_ms: u64,
+    /// TLS over TCP, as libpq's `sslmode`: "disable" (default), "prefer" (TLS when the server
+    /// offers it), "require" (TLS, the certificate not checked), "verify-full" (TLS, the
+    /// certificate signed by an authority of `sslrootcert` and naming `host`). Ignored for a
+    /// Unix-socket directory, as libpq does. Reload: rebuilds the pool.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of the certificate authorities `verify-full` trusts; required with it.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+}
+
+/// `sslmode` of an upstream (see [`UpstreamConfig::sslmode`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
 }
 
 fn default_host() -> String {
@@ -412,6 +432,8 @@ impl UpstreamConfig {
             connect_timeout_ms: pool.connect_timeout_ms,
             checkout_timeout_ms: pool.checkout_timeout_ms,
             health_interval_ms: pool.health_interval_ms,
+            sslmode: SslMode::Disable,
+            sslrootcert: None,
         }
     }
 
@@ -634,6 +656,9 @@ impl Config {
                 })?;
                 up.password = Some(Secret::new(value.clone()));
             }
+            if let Err(e) = crate::pg::tls::connector(up) {
+                return Err(ConfigError::invalid(key("sslmode"), e.to_string()));
+            }
         }
         if self.upstreams.is_empty() && !self.allow_dynamic_upstreams {
             return Err(ConfigError::invalid(
@@ -722,6 +747,38 @@ mod tests {
         assert_eq!(c.upstreams[0].port, 5432);
         assert_eq!(c.upstreams[0].pool_max, 8);
         assert_eq!(c.upstreams[0].password().expose(), "s3cret");
+    }
+
+    #[test]
+    fn sslmode_is_checked_before_use() {
+        let with = |extra: &str| Config::from_toml_str(&format!("{MINIMAL}{extra}\n"), &env(&[]));
+        assert_eq!(with("").unwrap().upstreams[0].sslmode, SslMode::Disable);
+        let c = with("sslmode = \"require\"").unwrap();
+        assert_eq!(c.upstreams[0].sslmode, SslMode::Require);
+        let err = with("sslmode = \"verify-full\"").unwrap_err().to_string();
+        assert!(
+            err.contains("upstreams[0].sslmode") && err.contains("sslrootcert"),
+            "{err}"
+        );
+        let err = with("sslmode = \"verify-full\"\nsslrootcert = \"/nonexistent/ca.crt\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read sslrootcert /nonexistent/ca.crt"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = with(&format!(
+            "sslmode = \"verify-full\"\nsslrootcert = \"{}\"",
+            empty.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        let err = with("sslmode = \"verify-ca\"").unwrap_err().to_string();
+        assert!(err.contains("verify-ca"), "{err}");
     }
 
     #[test]

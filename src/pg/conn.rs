@@ -11,14 +11,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::DbError;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::catalog::Entry;
-use crate::config::UpstreamConfig;
+use crate::config::{SslMode, UpstreamConfig};
 use crate::error::Error;
-use crate::pg::socket::{Endpoint, SocketHandle};
+use crate::pg::socket::{Endpoint, PgStream, SocketHandle};
 
 /// SQL that puts a connection's session back the way a fresh one is, except for the daemon's
 /// own prepared statements (what `DISCARD ALL` does minus `DEALLOCATE ALL` and `DISCARD PLANS`).
@@ -204,6 +206,8 @@ pub struct PgManager {
     /// client is dropped (its pool closed), so shutdown waits for PostgreSQL to be told.
     tasks: TaskTracker,
     upstream: String,
+    /// TLS over TCP (`pg::tls`); the reason when the upstream's TLS settings cannot be used.
+    tls: Result<Option<MakeRustlsConnect>, String>,
 }
 
 impl PgManager {
@@ -217,6 +221,12 @@ impl PgManager {
         if !up.password().is_empty() {
             config.password(up.password().expose());
         }
+        let tls = crate::pg::tls::connector(up).map_err(|e| e.to_string());
+        config.ssl_mode(match (&tls, up.sslmode) {
+            (Ok(Some(_)), SslMode::Prefer) => tokio_postgres::config::SslMode::Prefer,
+            (Ok(Some(_)), _) => tokio_postgres::config::SslMode::Require,
+            _ => tokio_postgres::config::SslMode::Disable,
+        });
         PgManager {
             config,
             endpoint: Endpoint::new(&up.host, up.port, up.is_socket_dir()),
@@ -225,6 +235,7 @@ impl PgManager {
             last_error: Arc::new(Mutex::new(None)),
             tasks,
             upstream: up.name.clone(),
+            tls,
         }
     }
 
@@ -258,14 +269,20 @@ impl PgManager {
         result
     }
 
-    async fn open_once(&self) -> Result<PgConn, ConnectError> {
-        let sock = self
-            .endpoint
-            .connect(self.connect_timeout)
-            .await
-            .map_err(ConnectError::Socket)?;
-        let (socket, stream) = SocketHandle::new(sock);
-        let startup = self.config.connect_raw(stream, NoTls);
+    /// The startup exchange over `stream`, then the task that drives the connection. `track`
+    /// is the socket to follow for bursts once the startup is over (not under TLS).
+    async fn start<T>(
+        &self,
+        stream: PgStream,
+        tls: T,
+        track: Option<&SocketHandle>,
+    ) -> Result<Client, ConnectError>
+    where
+        T: TlsConnect<PgStream>,
+        T::Stream: Send + 'static,
+        T::Future: Send,
+    {
+        let startup = self.config.connect_raw(stream, tls);
         let (client, connection) = match tokio::time::timeout(self.connect_timeout, startup).await {
             Ok(result) => result?,
             Err(_) => {
@@ -279,9 +296,11 @@ impl PgManager {
                 )))
             }
         };
-        // The startup exchange is over and nothing is in flight: from here on the socket
-        // follows tokio-postgres' requests, so bursts know when they may borrow it.
-        socket.track();
+        if let Some(socket) = track {
+            // The startup exchange is over and nothing is in flight: from here on the socket
+            // follows tokio-postgres' requests, so bursts know when they may borrow it.
+            socket.track();
+        }
         // The connection future drives the socket; it ends when the client is dropped (after
         // telling the server) or when the server goes away.
         let span = tracing::debug_span!("postgres", upstream = %self.upstream);
@@ -293,6 +312,29 @@ impl PgManager {
             }
             .instrument(span),
         );
+        Ok(client)
+    }
+
+    async fn open_once(&self) -> Result<PgConn, ConnectError> {
+        let sock = self
+            .endpoint
+            .connect(self.connect_timeout)
+            .await
+            .map_err(ConnectError::Socket)?;
+        let (socket, stream) = SocketHandle::new(sock);
+        let client = match &self.tls {
+            Err(reason) => return Err(ConnectError::Socket(std::io::Error::other(reason.clone()))),
+            Ok(None) => self.start(stream, NoTls, Some(&socket)).await?,
+            Ok(Some(tls)) => {
+                let tls = MakeTlsConnect::<PgStream>::make_tls_connect(
+                    &mut tls.clone(),
+                    self.endpoint.host(),
+                )
+                .map_err(|e| ConnectError::Socket(std::io::Error::other(format!("TLS: {e}"))))?;
+                // The socket carries encrypted bytes: it is never lent to bursts.
+                self.start(stream, tls, None).await?
+            }
+        };
         Ok(PgConn {
             cancel: client.cancel_token(),
             client,

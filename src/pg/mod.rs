@@ -1,9 +1,10 @@
 //! PostgreSQL side: pooled connections (`conn`) over sockets the daemon opens (`socket`),
 //! statement execution (`exec`), grouped read-only pipelines (`burst`) and the coalescing of
-//! concurrent single statements into such groups (`coalesce`).
+//! concurrent single statements into such groups (`coalesce`), and TLS (`tls`).
 
 pub mod burst;
 pub mod coalesce;
 pub mod conn;
 pub mod exec;
 pub mod socket;
+pub mod tls;

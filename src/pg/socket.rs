@@ -42,6 +42,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The host name or address a TLS certificate must name (`""` for a Unix socket).
+    pub fn host(&self) -> &str {
+        match self {
+            Endpoint::Unix(_) => "",
+            Endpoint::Tcp { host, .. } => host,
+        }
+    }
+
     /// `host` is a socket directory when it starts with `/`, else a host name or address.
     pub fn new(host: &str, port: u16, is_socket_dir: bool) -> Endpoint {
         if is_socket_dir {
@@ -331,6 +339,12 @@ impl SocketHandle {
             on: true,
             ..Traffic::default()
         };
+    }
+
+    /// Whether the socket follows tokio-postgres' traffic (see [`SocketHandle::track`]), so it
+    /// can ever be lent; not when the connection runs over TLS.
+    pub fn lendable(&self) -> bool {
+        self.0.inner().traffic.on
     }
 
     /// Takes the socket if tokio-postgres has no request in flight right now (see the module

@@ -18,5 +18,6 @@ mod lifecycle;
 mod ops;
 mod sessions;
 mod socket;
+mod tls;
 mod values;
 mod vectors;

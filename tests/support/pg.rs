@@ -70,6 +70,83 @@ impl PgCluster {
         self.root.join("data")
     }
 
+    /// The PEM certificate of the authority that signed the server's certificate (which names
+    /// `127.0.0.1` and `localhost`): what `sslrootcert` must hold for `verify-full`.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("tls").join("ca.crt")
+    }
+
+    /// Another authority's PEM certificate, which did not sign the server's.
+    pub fn other_ca_cert(&self) -> PathBuf {
+        self.root.join("tls").join("other-ca.crt")
+    }
+
+    /// A test authority, a server certificate it signed and a second authority, made with the
+    /// `openssl` command (P-256 keys: quick to make) in `<root>/tls`, readable by the server.
+    fn make_certificates(&self) -> Result<PathBuf, String> {
+        let dir = self.root.join("tls");
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let openssl = |args: &[&str]| {
+            run(Command::new("openssl").current_dir(&dir).args(args)).map_err(|e| {
+                format!("the TLS tests need the openssl command (package openssl): {e}")
+            })
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, subject) in [
+            ("ca", "/CN=qail test CA"),
+            ("other-ca", "/CN=qail other CA"),
+        ] {
+            let (keyfile, crtfile) = (format!("{name}.key"), format!("{name}.crt"));
+            let mut args = vec!["req", "-x509", "-days", "3", "-subj", subject];
+            args.extend(key);
+            args.extend(["-keyout", &keyfile, "-out", &crtfile]);
+            openssl(&args)?;
+        }
+        let mut args = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key"];
+        args.extend(key);
+        args.extend(["-out", "server.csr"]);
+        openssl(&args)?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\n",
+        )
+        .map_err(|e| e.to_string())?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ])?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(dir.join("server.key"), private).map_err(|e| e.to_string())?;
+        }
+        if self.as_postgres {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir))?;
+        }
+        Ok(dir)
+    }
+
     fn log_file(&self) -> PathBuf {
         self.root.join("postgres.log")
     }
@@ -107,14 +184,18 @@ impl PgCluster {
             .args(["--no-locale", "--no-sync", "--no-instructions"])
             .arg(format!("--pwfile={}", pwfile.display()));
         run(&mut initdb)?;
+        let tls = cluster.make_certificates()?;
         let settings = format!(
             "\n# written by the qail-daemon tests\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              shared_buffers = 16MB\nmax_connections = 200\n\
-             log_min_messages = warning\nlog_statement = 'none'\n",
-            cluster.socket_dir().display()
+             log_min_messages = warning\nlog_statement = 'none'\n\
+             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cluster.socket_dir().display(),
+            tls.join("server.crt").display(),
+            tls.join("server.key").display(),
         );
         append(&cluster.data_dir().join("postgresql.conf"), &settings)?;
         cluster.owned = true;
