@@ -139,7 +139,7 @@ struct Lane {
 /// One request's share of a pooled connection. Autocommit statements that leave no session
 /// state behind and need no cancellation (no time limit) run on a lease: an idle pooled
 /// connection when there is one, otherwise a connection already in use by up to
-/// [`LANE_DEPTH`] other such requests, so they queue inside PostgreSQL's pipeline instead of
+/// `LANE_DEPTH` other such requests, so they queue inside PostgreSQL's pipeline instead of
 /// in the pool. The connection returns to the pool when its last lease ends.
 pub struct Lease {
     lane: Arc<Lane>,

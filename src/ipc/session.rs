@@ -6,7 +6,7 @@
 //! `connect`, `begin`, …) and everything inside a transaction are barriers: the queue is drained
 //! first, then they run alone. On shutdown or end of input the session stops reading, answers
 //! what is in flight, rolls back an open transaction and ends. If the shutdown grace period
-//! ends first, the session is cut off: the [`Ledger`] of unanswered request ids lets it answer
+//! ends first, the session is cut off: the `Ledger` of unanswered request ids lets it answer
 //! them `shutting_down`, and their work in PostgreSQL is cancelled (`ops::Unfinished`).
 //!
 //! Observability on this path is kept to atomics: per request one `Instant`, the op's

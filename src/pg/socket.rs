@@ -9,7 +9,7 @@
 //! socket sits behind a mutex that is held for one poll at a time, never across an await.
 //!
 //! To know that without a round trip, `PgStream` follows the message framing of what
-//! tokio-postgres writes and reads ([`Traffic`]): every request it sends ends with a Sync (or is
+//! tokio-postgres writes and reads (`Traffic`): every request it sends ends with a Sync (or is
 //! a simple Query), and each of those is answered by exactly one ReadyForQuery. When the counts
 //! match, no request is half written and both directions sit at a message boundary,
 //! tokio-postgres has nothing in flight.
@@ -351,7 +351,7 @@ impl SocketHandle {
     /// docs); `None` otherwise, and the caller settles the connection with a round trip first.
     ///
     /// Hand the socket back with [`Borrowed::release`] once every answer to what was written
-    /// through it has been read; a borrow dropped otherwise poisons the socket (see [`Inner`]).
+    /// through it has been read; a borrow dropped otherwise poisons the socket (see `Inner`).
     pub fn borrow_if_idle(&self) -> Option<Borrowed<'_>> {
         let mut inner = self.0.inner();
         if inner.borrowed || inner.poisoned || !inner.traffic.idle() {

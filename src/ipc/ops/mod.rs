@@ -120,7 +120,7 @@ fn may_share(op: Op, up: &Upstream, req: &Request<'_>) -> bool {
 
 /// Runs a SQL op: on the pinned transaction connection when there is one, else on a connection
 /// borrowed from the pool for this request only (shared with other requests when
-/// [`may_share`] allows). `limit` bounds the work on PostgreSQL.
+/// `may_share` allows). `limit` bounds the work on PostgreSQL.
 pub async fn run_sql(
     op: Op,
     up: &Arc<Upstream>,
