@@ -243,28 +243,20 @@ func decodeBytea(raw []byte) (any, error) {
 
 // decodeDate returns a time.Time at midnight UTC; "infinity", "-infinity" and BC dates
 // stay strings.
-func decodeDate(raw []byte) (any, error) {
-	v, err := decodeString(raw)
-	if err != nil {
-		return nil, err
-	}
-	s := v.(string)
-	if t, ok := parseDateTime(s, false); ok {
-		return t, nil
-	}
-	return s, nil
-}
+func decodeDate(raw []byte) (any, error) { return decodeDateTime(raw, false) }
 
 // decodeTimestamp returns a time.Time: in UTC for timestamptz (which the daemon always
 // sends in UTC, with Z) and for timestamp (which has no zone). "infinity", "-infinity" and
 // BC timestamps stay strings.
-func decodeTimestamp(raw []byte) (any, error) {
+func decodeTimestamp(raw []byte) (any, error) { return decodeDateTime(raw, true) }
+
+func decodeDateTime(raw []byte, withTime bool) (any, error) {
 	v, err := decodeString(raw)
 	if err != nil {
 		return nil, err
 	}
 	s := v.(string)
-	if t, ok := parseDateTime(s, true); ok {
+	if t, ok := parseDateTime(s, withTime); ok {
 		return t, nil
 	}
 	return s, nil

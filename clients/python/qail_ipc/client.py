@@ -127,6 +127,11 @@ def _columns(response: Dict[str, Any]) -> List[Column]:
     return [Column(c["name"], c["type"]) for c in response.get("columns") or ()]
 
 
+def _results(columns: List[Column], built: List[Any], commands: Any, affected: Any) -> List[Result]:
+    """One :class:`Result` per statement of a pipeline, all sharing ``columns``."""
+    return list(map(Result, [columns] * len(built), built, commands, affected))
+
+
 def _rows_affected(response: Dict[str, Any]) -> int:
     n = response.get("rows_affected")
     if n is not None:
@@ -291,14 +296,8 @@ class _Base:
             ends = list(accumulate(counts))
             cuts = map(slice, [0] + ends[:-1], ends)
             built = list(map(rows.__getitem__, cuts))
-            return list(
-                map(
-                    Result,
-                    [columns] * len(built),
-                    built,
-                    answer.get("commands") or (),
-                    answer.get("rows_affected") or (),
-                )
+            return _results(
+                columns, built, answer.get("commands") or (), answer.get("rows_affected") or ()
             )
 
     def _build_results(
@@ -318,7 +317,7 @@ class _Base:
                 built = [list(map(tuple, rows)) for rows in all_rows]
             else:
                 built = [[make(row) for row in rows] for rows in all_rows]
-            return list(map(Result, [columns] * len(built), built, commands, affected))
+            return _results(columns, built, commands, affected)
 
     @staticmethod
     def _statement_message(op: str, statement: Statement, params: Params = ()) -> Dict[str, Any]:
