@@ -9,6 +9,15 @@
 //! lifecycle set by reloads: a *replaced* upstream still serves the sessions that hold it until
 //! they move to its successor; a *removed* one refuses checkouts. Checkout waits are measured
 //! (waiter gauge, wait histogram) here, where the waiting happens.
+//!
+//! Checkouts are served first come, first served. bb8 puts a returned connection back in its
+//! idle queue and wakes one waiter, so a request arriving at that moment can take the
+//! connection before the woken waiter runs, and the waiter queues again at the back: under many
+//! waiters a few of them wait far longer than the rest. Here every checkout first takes a slot
+//! from a FIFO semaphore with `pool_max` slots, and only a slot holder asks bb8, which then has
+//! a connection for it (idle, or one it may open). A slot passes straight from the request
+//! that lets go of it to the oldest waiter, so nobody overtakes. The health check asks bb8
+//! directly, so it never queues behind clients.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bb8::{Pool, PooledConnection, RunError};
 use prometheus::Histogram;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,8 +35,27 @@ use crate::error::{Code, Error};
 use crate::pg::coalesce::Gate;
 use crate::pg::conn::{describe_connect_error, ConnectError, PgConn, PgManager};
 
-/// A connection checked out of an upstream's pool, owned (not borrowed from the pool).
-pub type Checkout = PooledConnection<'static, PgManager>;
+/// A connection checked out of an upstream's pool, owned (not borrowed from the pool), with
+/// the slot that let it be taken.
+pub struct Checkout {
+    // Field order is drop order: the connection goes back to the pool before the slot passes
+    // to the next waiter, who then finds it idle.
+    conn: PooledConnection<'static, PgManager>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Checkout {
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Checkout {
+    fn deref_mut(&mut self) -> &mut PgConn {
+        &mut self.conn
+    }
+}
 
 /// Health as last observed by the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -93,12 +122,22 @@ pub struct Upstream {
     pub catalog: Arc<StatementCache>,
     manager: PgManager,
     pool: Pool<PgManager>,
+    /// `pool_max` slots handed out in arrival order; a checkout holds one (see the module doc).
+    slots: Arc<Semaphore>,
+    /// `pool_max × LANE_DEPTH` turns for shared requests, in arrival order (see [`Lease`]).
+    turns: Arc<Semaphore>,
+    /// Signalled when a lease ends: room on a lane, or a connection back in the pool.
+    room: tokio::sync::Notify,
     health: AtomicU8,
     errors: AtomicU64,
     paused: AtomicBool,
     lifecycle: AtomicU8,
-    /// `checkout()` calls waiting for the pool right now.
+    /// Requests waiting for the pool right now.
     waiters: AtomicU64,
+    /// `checkout()` calls (connections of their own) waiting right now.
+    exclusive_waiting: AtomicU64,
+    /// Checkouts that gave up waiting (`pool_timeout`, or the upstream went down meanwhile).
+    timeouts: AtomicU64,
     /// Time spent waiting for a pooled connection; `None` for throwaway upstreams (credential
     /// probes) whose metrics are not exported.
     checkout_wait: Option<Histogram>,
@@ -144,6 +183,8 @@ struct Lane {
 pub struct Lease {
     lane: Arc<Lane>,
     up: Arc<Upstream>,
+    /// The request's turn among shared requests (`None` for the daemon's own extra shares).
+    _turn: Option<OwnedSemaphorePermit>,
 }
 
 impl std::ops::Deref for Lease {
@@ -166,6 +207,7 @@ impl Lease {
         Lease {
             lane: self.lane.clone(),
             up: self.up.clone(),
+            _turn: None,
         }
     }
 
@@ -189,6 +231,8 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut lanes = self.up.lanes();
+        // Room on this lane (or a connection back in the pool, below) for a request waiting.
+        self.up.room.notify_one();
         if self.lane.users.fetch_sub(1, Ordering::Relaxed) == 1 {
             lanes.retain(|l| !Arc::ptr_eq(l, &self.lane));
             if self.lane.conn.is_abandoned() {
@@ -262,11 +306,16 @@ impl Upstream {
             catalog,
             manager,
             pool,
+            slots: Arc::new(Semaphore::new(config.pool_max as usize)),
+            turns: Arc::new(Semaphore::new(config.pool_max as usize * LANE_DEPTH)),
+            room: tokio::sync::Notify::new(),
             health: AtomicU8::new(0),
             errors: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             lifecycle: AtomicU8::new(0),
             waiters: AtomicU64::new(0),
+            exclusive_waiting: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
             checkout_wait,
             cancel,
             tasks,
@@ -312,6 +361,11 @@ impl Upstream {
     pub async fn checkout_idle(&self, n: usize) -> Vec<Checkout> {
         let mut extra = Vec::new();
         while extra.len() < n {
+            // A free slot means nobody is queued for one.
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => break,
+            };
             // A zero timeout still polls the checkout once: an idle connection is returned
             // synchronously by that poll, otherwise nothing is free.
             let started = Instant::now();
@@ -320,7 +374,7 @@ impl Upstream {
                     if let Some(h) = &self.checkout_wait {
                         h.observe(started.elapsed().as_secs_f64());
                     }
-                    extra.push(conn)
+                    extra.push(Checkout { conn, _slot: slot })
                 }
                 _ => break,
             }
@@ -362,31 +416,79 @@ impl Upstream {
     }
 
     /// A share of a pooled connection for one autocommit request (see [`Lease`]).
+    ///
+    /// Shared requests take turns first come, first served, like checkouts: at most
+    /// `pool_max × LANE_DEPTH` of them hold a turn, and a request with a turn takes an idle
+    /// connection, else room on a lane, else waits for whichever of the two comes first. Without
+    /// the turns, a request arriving when a lane has room would overtake those waiting for a
+    /// whole connection, which under steady load never comes back to the pool. For the same
+    /// reason no request joins a lane while a `checkout()` waits: lanes then drain, and their
+    /// connections go to the waiters in arrival order.
     pub async fn lease(self: &Arc<Self>) -> Result<Lease, Error> {
         self.admit()?;
+        let turn = match self.turns.clone().try_acquire_owned() {
+            Ok(turn) => turn,
+            Err(_) => {
+                let started = Instant::now();
+                let waited = {
+                    let _waiting = Waiting::start(&self.waiters);
+                    tokio::time::timeout(
+                        self.config.checkout_timeout(),
+                        self.turns.clone().acquire_owned(),
+                    )
+                    .await
+                };
+                if let Some(h) = &self.checkout_wait {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                match waited {
+                    Ok(Ok(turn)) => turn,
+                    _ => return Err(self.pool_timeout()),
+                }
+            }
+        };
         if let Some(conn) = self.checkout_idle(1).await.pop() {
-            return Ok(self.open_lane(conn));
+            return Ok(self.open_lane(conn, turn));
         }
-        {
-            let lanes = self.lanes();
-            let best = lanes
-                .iter()
-                .filter(|l| !l.conn.is_broken())
-                .min_by_key(|l| l.users.load(Ordering::Relaxed));
-            if let Some(lane) = best.filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64)
-            {
-                lane.users.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lease {
-                    lane: lane.clone(),
-                    up: self.clone(),
-                });
+        // One place in the queue for a connection, kept while room on lanes is looked for.
+        let slot = self.take_slot();
+        tokio::pin!(slot);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before looking, so room made after the look still wakes this request.
+            room.as_mut().enable();
+            // While a request waits for a connection of its own, joining lanes would keep them
+            // busy for ever: shared requests queue for connections behind it instead.
+            if self.exclusive_waiting.load(Ordering::Relaxed) == 0 {
+                if let Some(lane) = self.lane_with_room() {
+                    return Ok(Lease {
+                        lane,
+                        up: self.clone(),
+                        _turn: Some(turn),
+                    });
+                }
+            }
+            tokio::select! {
+                conn = &mut slot => return Ok(self.open_lane(conn?, turn)),
+                _ = &mut room => {}
             }
         }
-        let conn = self.checkout().await?;
-        Ok(self.open_lane(conn))
     }
 
-    fn open_lane(self: &Arc<Self>, conn: Checkout) -> Lease {
+    /// The least used lane with room for one more request, counted in.
+    fn lane_with_room(&self) -> Option<Arc<Lane>> {
+        let lanes = self.lanes();
+        let lane = lanes
+            .iter()
+            .filter(|l| !l.conn.is_broken())
+            .min_by_key(|l| l.users.load(Ordering::Relaxed))
+            .filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64)?;
+        lane.users.fetch_add(1, Ordering::Relaxed);
+        Some(lane.clone())
+    }
+
+    fn open_lane(self: &Arc<Self>, conn: Checkout, turn: OwnedSemaphorePermit) -> Lease {
         let lane = Arc::new(Lane {
             conn,
             users: AtomicU64::new(1),
@@ -396,6 +498,7 @@ impl Upstream {
         Lease {
             lane,
             up: self.clone(),
+            _turn: Some(turn),
         }
     }
 
@@ -422,8 +525,18 @@ impl Upstream {
         Ok(())
     }
 
-    /// Borrows a pooled connection for one request or one transaction.
+    /// Borrows a pooled connection for one request or one transaction, first come, first
+    /// served, waiting at most `checkout_timeout_ms`.
     pub async fn checkout(&self) -> Result<Checkout, Error> {
+        let _exclusive = Waiting::start(&self.exclusive_waiting);
+        let conn = self.take_slot().await;
+        // Shared requests held back while this one waited may use lanes again.
+        self.room.notify_waiters();
+        conn
+    }
+
+    /// Waits for a slot (in arrival order) and takes a connection with it.
+    async fn take_slot(&self) -> Result<Checkout, Error> {
         self.admit()?;
         if self.health() == Health::Down {
             if let Some(reason) = self.manager.recent_error(Duration::from_secs(30)) {
@@ -433,7 +546,19 @@ impl Upstream {
         let started = Instant::now();
         let got = {
             let _waiting = Waiting::start(&self.waiters);
-            self.pool.get_owned().await
+            let wait = async {
+                let slot = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| RunError::TimedOut)?;
+                let conn = self.pool.get_owned().await?;
+                Ok(Checkout { conn, _slot: slot })
+            };
+            tokio::time::timeout(self.config.checkout_timeout(), wait)
+                .await
+                .unwrap_or(Err(RunError::<ConnectError>::TimedOut))
         };
         if let Some(h) = &self.checkout_wait {
             h.observe(started.elapsed().as_secs_f64());
@@ -441,19 +566,23 @@ impl Upstream {
         match got {
             Ok(conn) => Ok(conn),
             Err(RunError::User(e)) => Err(self.unavailable(&e.describe())),
-            Err(RunError::TimedOut) => {
-                let window = self.config.checkout_timeout() + self.config.connect_timeout();
-                match self.manager.recent_error(window) {
-                    Some(reason) => Err(self.unavailable(&reason)),
-                    None => Err(Error::new(
-                        Code::PoolTimeout,
-                        format!(
-                            "no connection to \"{}\" became free within {} ms (pool_max {})",
-                            self.config.name, self.config.checkout_timeout_ms, self.config.pool_max
-                        ),
-                    )),
-                }
-            }
+            Err(RunError::TimedOut) => Err(self.pool_timeout()),
+        }
+    }
+
+    /// What a checkout that waited out `checkout_timeout_ms` answers (and counts it).
+    fn pool_timeout(&self) -> Error {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        let window = self.config.checkout_timeout() + self.config.connect_timeout();
+        match self.manager.recent_error(window) {
+            Some(reason) => self.unavailable(&reason),
+            None => Error::new(
+                Code::PoolTimeout,
+                format!(
+                    "no connection to \"{}\" became free within {} ms (pool_max {})",
+                    self.config.name, self.config.checkout_timeout_ms, self.config.pool_max
+                ),
+            ),
         }
     }
 
@@ -482,7 +611,7 @@ impl Upstream {
             max: self.config.pool_max,
             waiters: self.waiters.load(Ordering::Relaxed),
             checkouts: state.statistics.get_started,
-            checkout_timeouts: state.statistics.get_timed_out,
+            checkout_timeouts: self.timeouts.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             grouped_statements: self.grouped.statements.load(Ordering::Relaxed),
             grouped_reruns: self.grouped.reruns.load(Ordering::Relaxed),

@@ -306,6 +306,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--client", choices=("qail_ipc", "raw"), default="qail_ipc",
                         help="Python client for the daemon modes (raw = the bench's own "
                              "minimal protocol client; qail_ipc falls back to it if unusable)")
+    parser.add_argument("--waiters", type=int, default=1000,
+                        help="client connections in the pool-checkout test, each keeping one "
+                             "request in flight against the pool (0 = skip it)")
     parser.add_argument("--native-depth", type=int, default=64,
                         help="queries in flight per connection in the native ceiling")
     parser.add_argument("--skip-build", action="store_true",
@@ -335,22 +338,24 @@ def selected_modes(spec: str) -> list[Mode]:
     return chosen
 
 
-def build(skip: bool) -> tuple[Path, Path]:
+def build(skip: bool) -> tuple[Path, Path, Path]:
     daemon = REPO / "target" / "release" / "qail-daemon"
-    native = REPO / "target" / "release" / "examples" / "native_ceiling"
+    examples = REPO / "target" / "release" / "examples"
+    native, waiters = examples / "native_ceiling", examples / "checkout_waiters"
     if not skip:
-        log("==> cargo build --release --bin qail-daemon --example native_ceiling")
+        log("==> cargo build --release --bin qail-daemon --example native_ceiling "
+            "--example checkout_waiters")
         t0 = time.monotonic()
         done = subprocess.run(["cargo", "build", "--release", "--bin", "qail-daemon",
-                               "--example", "native_ceiling"], cwd=REPO,
-                              capture_output=True, text=True)
+                               "--example", "native_ceiling", "--example", "checkout_waiters"],
+                              cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit("cargo build failed:\n" + done.stderr[-4000:])
         log(f"    built in {time.monotonic() - t0:.0f} s")
-    for binary in (daemon, native):
+    for binary in (daemon, native, waiters):
         if not binary.exists():
             raise SystemExit(f"{binary} is missing: run without --skip-build")
-    return daemon, native
+    return daemon, native, waiters
 
 
 def client_usable(env: dict[str, str]) -> Optional[str]:
@@ -410,13 +415,15 @@ def main(argv: list[str]) -> int:
     with ExitStack() as stack:
         stack.callback(kill_children)
         run = Run(args, stack, results, failures, t_launch)
-        daemon_bin, native_bin = build(args.skip_build)
+        daemon_bin, native_bin, waiters_bin = build(args.skip_build)
         run.t_start = time.monotonic()
         run.child_env = client_environment(run)
         pg, bouncer = start_databases(run, modes)
         run_modes(run, modes, pg, bouncer, daemon_bin, native_bin, packages)
         if args.connections > 0:
             run_memory(run, pg, daemon_bin, soft)
+        if args.waiters > 0:
+            run_checkout(run, pg, daemon_bin, waiters_bin)
         finish(run)
     return 0
 
@@ -739,6 +746,46 @@ def run_memory(run: Run, pg: Any, daemon_bin: Path, nofile_soft: int) -> None:
         run.results["memory"] = {"error": repr(exc), "daemon_log": daemon.log_tail(10)}
         run.failures.append(f"memory test failed: {exc!r}")
         log(f"!!  memory test failed: {exc!r}\n{daemon.log_tail(10)}")
+    daemon.stop()
+
+
+def run_checkout(run: Run, pg: Any, daemon_bin: Path, waiters_bin: Path) -> None:
+    """Item 5: checkout latency under many waiters (a fresh daemon, examples/checkout_waiters.rs).
+
+    Shared statements first (they share connections, then wait for one), then statements that
+    need a connection of their own (a `timeout_ms`, as transactions and pipelines do).
+    """
+    import services
+
+    clients, pool = run.args.waiters, run.args.pool
+    log(f"==> pool checkout: {clients:,} clients, one request each in flight, pool {pool}")
+    daemon = services.Daemon(daemon_bin, pg, pool, "checkout")
+    run.stack.callback(daemon.stop)
+    daemon.start()
+    runs = []
+    for exclusive in (False, True):
+        cmd = [str(waiters_bin), "--socket", str(daemon.socket), "--clients", str(clients),
+               "--sql", "SELECT id, name FROM users LIMIT 5",
+               "--seconds", str(run.args.duration), "--warmup", str(run.args.warmup)]
+        if exclusive:
+            cmd.append("--exclusive")
+        limit = run.args.duration + run.args.warmup + 60
+        code, out, err = run_child(cmd, limit, run.child_env)
+        try:
+            if code != 0:
+                raise RuntimeError(f"exit {code}: {err.strip()[-300:]}")
+            result = json.loads(out.strip().splitlines()[-1])
+        except (RuntimeError, ValueError, IndexError) as exc:
+            run.failures.append(f"pool checkout test ({'exclusive' if exclusive else 'shared'}) "
+                                f"failed: {exc}")
+            log(f"!!  pool checkout test failed: {exc}\n{daemon.log_tail(10)}")
+            continue
+        runs.append(result)
+        log(f"    {'exclusive' if exclusive else 'shared   '}  {result['qps']:9,.0f} q/s  "
+            f"p50 {result['p50_us'] / 1000:6.1f} ms  p99 {result['p99_us'] / 1000:6.1f} ms  "
+            f"max {result['max_us'] / 1000:6.1f} ms  requests per client "
+            f"{result['per_client_min']}..{result['per_client_max']}")
+    run.results["checkout"] = {"clients": clients, "pool": pool, "runs": runs}
     daemon.stop()
 
 

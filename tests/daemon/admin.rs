@@ -109,7 +109,12 @@ impl AdminDaemon {
     }
 
     /// Polls `path` until `done(status, body)` holds; fails after [`WAIT`].
-    async fn wait_for(&self, path: &str, what: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+    pub(crate) async fn wait_for(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
             let (status, body) = self.get(path).await;

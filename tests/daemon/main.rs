@@ -16,6 +16,7 @@ mod faults;
 mod grouped;
 mod lifecycle;
 mod ops;
+mod pool;
 mod sessions;
 mod socket;
 mod tls;
