@@ -428,24 +428,10 @@ impl Upstream {
         self.admit()?;
         let turn = match self.turns.clone().try_acquire_owned() {
             Ok(turn) => turn,
-            Err(_) => {
-                let started = Instant::now();
-                let waited = {
-                    let _waiting = Waiting::start(&self.waiters);
-                    tokio::time::timeout(
-                        self.config.checkout_timeout(),
-                        self.turns.clone().acquire_owned(),
-                    )
-                    .await
-                };
-                if let Some(h) = &self.checkout_wait {
-                    h.observe(started.elapsed().as_secs_f64());
-                }
-                match waited {
-                    Ok(Ok(turn)) => turn,
-                    _ => return Err(self.pool_timeout()),
-                }
-            }
+            Err(_) => match self.queued(self.turns.clone().acquire_owned()).await {
+                Some(Ok(turn)) => turn,
+                _ => return Err(self.pool_timeout()),
+            },
         };
         if let Some(conn) = self.checkout_idle(1).await.pop() {
             return Ok(self.open_lane(conn, turn));
@@ -543,31 +529,38 @@ impl Upstream {
                 return Err(self.unavailable(&reason));
             }
         }
+        let wait = async {
+            let slot = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| RunError::TimedOut)?;
+            let conn = self.pool.get_owned().await?;
+            Ok::<_, RunError<ConnectError>>(Checkout { conn, _slot: slot })
+        };
+        match self.queued(wait).await {
+            Some(Ok(conn)) => Ok(conn),
+            Some(Err(RunError::User(e))) => Err(self.unavailable(&e.describe())),
+            Some(Err(RunError::TimedOut)) | None => Err(self.pool_timeout()),
+        }
+    }
+
+    /// Runs `wait` as a request waiting for the pool: counted in the waiter gauge, timed into
+    /// the checkout-wait histogram, and bounded by `checkout_timeout_ms` (`None` once it runs
+    /// out).
+    async fn queued<T>(&self, wait: impl std::future::Future<Output = T>) -> Option<T> {
         let started = Instant::now();
-        let got = {
+        let done = {
             let _waiting = Waiting::start(&self.waiters);
-            let wait = async {
-                let slot = self
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| RunError::TimedOut)?;
-                let conn = self.pool.get_owned().await?;
-                Ok(Checkout { conn, _slot: slot })
-            };
             tokio::time::timeout(self.config.checkout_timeout(), wait)
                 .await
-                .unwrap_or(Err(RunError::<ConnectError>::TimedOut))
+                .ok()
         };
         if let Some(h) = &self.checkout_wait {
             h.observe(started.elapsed().as_secs_f64());
         }
-        match got {
-            Ok(conn) => Ok(conn),
-            Err(RunError::User(e)) => Err(self.unavailable(&e.describe())),
-            Err(RunError::TimedOut) => Err(self.pool_timeout()),
-        }
+        done
     }
 
     /// What a checkout that waited out `checkout_timeout_ms` answers (and counts it).
