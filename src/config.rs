@@ -363,14 +363,38 @@ pub struct UpstreamConfig {
     #[serde(default = "default_timeout_ms")]
     pub health_interval_ms: u64,
     /// TLS over TCP, as libpq's `sslmode`: "disable" (default), "prefer" (TLS when the server
-    /// offers it), "require" (TLS, the certificate not checked), "verify-full" (TLS, the
-    /// certificate signed by an authority of `sslrootcert` and naming `host`). Ignored for a
+    /// offers it), "require" (TLS, the certificate not checked unless `sslrootcert` is set),
+    /// "verify-ca" (TLS, the certificate signed by an authority of `sslrootcert`),
+    /// "verify-full" (as verify-ca, and the certificate names `host`). Ignored for a
     /// Unix-socket directory, as libpq does. Reload: rebuilds the pool.
     #[serde(default)]
     pub sslmode: SslMode,
-    /// PEM file of the certificate authorities `verify-full` trusts; required with it.
+    /// PEM file of the certificate authorities to trust; required by `verify-ca` and
+    /// `verify-full`, and makes `require` check like `verify-ca`. Default: none.
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) shown to the server, with `sslkey`, for
+    /// PostgreSQL's `cert` authentication or `clientcert=verify-full`. Default: none.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1). Default: none.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
+    /// SCRAM channel binding, as libpq's `channel_binding`: "prefer" (default: used when the
+    /// connection runs TLS and the server offers it), "require" (refuse to authenticate
+    /// without it; needs TLS), "disable".
+    #[serde(default)]
+    pub channel_binding: ChannelBinding,
+}
+
+/// `channel_binding` of an upstream (see [`UpstreamConfig::channel_binding`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
 }
 
 /// `sslmode` of an upstream (see [`UpstreamConfig::sslmode`]).
@@ -381,6 +405,7 @@ pub enum SslMode {
     Disable,
     Prefer,
     Require,
+    VerifyCa,
     VerifyFull,
 }
 
@@ -434,6 +459,9 @@ impl UpstreamConfig {
             health_interval_ms: pool.health_interval_ms,
             sslmode: SslMode::Disable,
             sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            channel_binding: ChannelBinding::Prefer,
         }
     }
 
@@ -656,8 +684,15 @@ impl Config {
                 })?;
                 up.password = Some(Secret::new(value.clone()));
             }
-            if let Err(e) = crate::pg::tls::connector(up) {
-                return Err(ConfigError::invalid(key("sslmode"), e.to_string()));
+            match crate::pg::tls::connector(up) {
+                Err(e) => return Err(ConfigError::invalid(key(e.key()), e.to_string())),
+                Ok(None) if up.channel_binding == ChannelBinding::Require => {
+                    return Err(ConfigError::invalid(
+                        key("channel_binding"),
+                        "channel_binding = \"require\" needs TLS: set sslmode (and a TCP host)",
+                    ))
+                }
+                Ok(_) => {}
             }
         }
         if self.upstreams.is_empty() && !self.allow_dynamic_upstreams {
@@ -778,7 +813,33 @@ mod tests {
         .to_string();
         assert!(err.contains("holds no PEM certificate"), "{err}");
         let err = with("sslmode = \"verify-ca\"").unwrap_err().to_string();
-        assert!(err.contains("verify-ca"), "{err}");
+        assert!(
+            err.contains("verify-ca") && err.contains("sslrootcert"),
+            "{err}"
+        );
+        let err = with("sslmode = \"require\"\nsslcert = \"/nonexistent/client.crt\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstreams[0].sslcert") && err.contains("sslkey"),
+            "{err}"
+        );
+        let err = with("sslmode = \"require\"\nsslcert = \"/nonexistent/c.crt\"\nsslkey = \"/k\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read sslcert /nonexistent/c.crt"),
+            "{err}"
+        );
+        let err = with("channel_binding = \"require\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstreams[0].channel_binding") && err.contains("needs TLS"),
+            "{err}"
+        );
+        let c = with("sslmode = \"require\"\nchannel_binding = \"require\"").unwrap();
+        assert_eq!(c.upstreams[0].channel_binding, ChannelBinding::Require);
     }
 
     #[test]

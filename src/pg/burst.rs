@@ -243,10 +243,6 @@ async fn run_grouped(
     keep_rows: bool,
     grouping: Grouping,
 ) -> Result<Option<Vec<Slot>>, Error> {
-    if !conn.socket.lendable() {
-        // Under TLS the socket carries encrypted bytes: nothing may be written into it here.
-        return Ok(None);
-    }
     let mut socket = conn.socket.borrow_if_idle();
     for _ in 0..SETTLE_ATTEMPTS {
         if socket.is_some() {

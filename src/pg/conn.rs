@@ -11,16 +11,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::DbError;
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
-use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::catalog::Entry;
-use crate::config::{SslMode, UpstreamConfig};
+use crate::config::{ChannelBinding, SslMode, UpstreamConfig};
 use crate::error::Error;
 use crate::pg::socket::{Endpoint, PgStream, SocketHandle};
+use crate::pg::tls::Tls;
 
 /// SQL that puts a connection's session back the way a fresh one is, except for the daemon's
 /// own prepared statements (what `DISCARD ALL` does minus `DEALLOCATE ALL` and `DISCARD PLANS`).
@@ -207,7 +207,7 @@ pub struct PgManager {
     tasks: TaskTracker,
     upstream: String,
     /// TLS over TCP (`pg::tls`); the reason when the upstream's TLS settings cannot be used.
-    tls: Result<Option<MakeRustlsConnect>, String>,
+    tls: Result<Option<Tls>, String>,
 }
 
 impl PgManager {
@@ -226,6 +226,11 @@ impl PgManager {
             (Ok(Some(_)), SslMode::Prefer) => tokio_postgres::config::SslMode::Prefer,
             (Ok(Some(_)), _) => tokio_postgres::config::SslMode::Require,
             _ => tokio_postgres::config::SslMode::Disable,
+        });
+        config.channel_binding(match up.channel_binding {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
         });
         PgManager {
             config,
@@ -269,13 +274,13 @@ impl PgManager {
         result
     }
 
-    /// The startup exchange over `stream`, then the task that drives the connection. `track`
-    /// is the socket to follow for bursts once the startup is over (not under TLS).
+    /// The startup exchange over `stream`, then the task that drives the connection; from
+    /// then on `socket` follows tokio-postgres' requests, so bursts know when to borrow it.
     async fn start<T>(
         &self,
         stream: PgStream,
         tls: T,
-        track: Option<&SocketHandle>,
+        socket: &SocketHandle,
     ) -> Result<Client, ConnectError>
     where
         T: TlsConnect<PgStream>,
@@ -296,11 +301,8 @@ impl PgManager {
                 )))
             }
         };
-        if let Some(socket) = track {
-            // The startup exchange is over and nothing is in flight: from here on the socket
-            // follows tokio-postgres' requests, so bursts know when they may borrow it.
-            socket.track();
-        }
+        // The startup exchange is over and nothing is in flight.
+        socket.track();
         // The connection future drives the socket; it ends when the client is dropped (after
         // telling the server) or when the server goes away.
         let span = tracing::debug_span!("postgres", upstream = %self.upstream);
@@ -324,16 +326,8 @@ impl PgManager {
         let (socket, stream) = SocketHandle::new(sock);
         let client = match &self.tls {
             Err(reason) => return Err(ConnectError::Socket(std::io::Error::other(reason.clone()))),
-            Ok(None) => self.start(stream, NoTls, Some(&socket)).await?,
-            Ok(Some(tls)) => {
-                let tls = MakeTlsConnect::<PgStream>::make_tls_connect(
-                    &mut tls.clone(),
-                    self.endpoint.host(),
-                )
-                .map_err(|e| ConnectError::Socket(std::io::Error::other(format!("TLS: {e}"))))?;
-                // The socket carries encrypted bytes: it is never lent to bursts.
-                self.start(stream, tls, None).await?
-            }
+            Ok(None) => self.start(stream, NoTls, &socket).await?,
+            Ok(Some(tls)) => self.start(stream, tls.upgrade(), &socket).await?,
         };
         Ok(PgConn {
             cancel: client.cancel_token(),

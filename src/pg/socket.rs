@@ -18,6 +18,11 @@
 //! dropped before that (an error, a cancelled future) poisons the socket: the server may still be
 //! sending the rest of the burst's answers, so tokio-postgres' reads and writes fail from then on
 //! rather than hand those answers to requests of other clients sharing the connection.
+//!
+//! Under TLS the encryption sits below this layer, not above it: tokio-postgres negotiates TLS
+//! through the [`PgStream`] as usual, and `pg::tls` then upgrades the socket in place
+//! ([`PgStream::upgrade`]). tokio-postgres, the traffic follower and a borrower all read and
+//! write the plaintext of one shared TLS session, so bursts work the same over TLS.
 
 use std::io;
 use std::path::PathBuf;
@@ -29,6 +34,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
 
 /// Where an upstream's server listens.
 #[derive(Debug, Clone)]
@@ -111,11 +117,21 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// A connected socket, Unix or TCP.
+/// A connected socket, Unix or TCP, or TCP under TLS.
 #[derive(Debug)]
 pub enum Sock {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Taken out for a TLS handshake that did not finish: every read and write fails.
+    Detached,
+}
+
+fn detached() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection's TLS handshake did not finish",
+    )
 }
 
 impl AsyncRead for Sock {
@@ -127,6 +143,8 @@ impl AsyncRead for Sock {
         match self.get_mut() {
             Sock::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Sock::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Sock::Detached => Poll::Ready(Err(detached())),
         }
     }
 }
@@ -140,6 +158,8 @@ impl AsyncWrite for Sock {
         match self.get_mut() {
             Sock::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Sock::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Sock::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -147,6 +167,8 @@ impl AsyncWrite for Sock {
         match self.get_mut() {
             Sock::Unix(s) => Pin::new(s).poll_flush(cx),
             Sock::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Sock::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -154,6 +176,8 @@ impl AsyncWrite for Sock {
         match self.get_mut() {
             Sock::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Sock::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Sock::Detached => Poll::Ready(Err(detached())),
         }
     }
 }
@@ -341,12 +365,6 @@ impl SocketHandle {
         };
     }
 
-    /// Whether the socket follows tokio-postgres' traffic (see [`SocketHandle::track`]), so it
-    /// can ever be lent; not when the connection runs over TLS.
-    pub fn lendable(&self) -> bool {
-        self.0.inner().traffic.on
-    }
-
     /// Takes the socket if tokio-postgres has no request in flight right now (see the module
     /// docs); `None` otherwise, and the caller settles the connection with a round trip first.
     ///
@@ -423,6 +441,35 @@ impl Drop for Borrowed<'_> {
 
 /// What tokio-postgres reads and writes; "not ready" while the daemon has the socket borrowed.
 pub struct PgStream(Arc<Shared>);
+
+impl PgStream {
+    /// Runs a TLS handshake over the TCP socket (the server has just agreed to TLS) and puts
+    /// the encrypted stream in its place; returns the server's end-entity certificate. Called
+    /// during the startup exchange, before anything follows the traffic or borrows the socket.
+    pub async fn upgrade(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<Option<rustls::pki_types::CertificateDer<'static>>> {
+        let sock = std::mem::replace(&mut self.0.inner().sock, Sock::Detached);
+        let Sock::Tcp(tcp) = sock else {
+            self.0.inner().sock = sock;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS runs over TCP connections only",
+            ));
+        };
+        let tls = connector.connect(server_name, tcp).await?;
+        let certificate = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|c| c.clone().into_owned());
+        self.0.inner().sock = Sock::Tls(Box::new(tls));
+        Ok(certificate)
+    }
+}
 
 impl AsyncRead for PgStream {
     fn poll_read(

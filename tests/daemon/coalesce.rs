@@ -54,7 +54,7 @@ async fn warm_client(daemon: &AdminDaemon) -> RawClient {
     c
 }
 
-fn delta(before: &Metrics, after: &Metrics, name: &str) -> f64 {
+pub(crate) fn delta(before: &Metrics, after: &Metrics, name: &str) -> f64 {
     after.value(name, &MAIN) - before.value(name, &MAIN)
 }
 
@@ -93,17 +93,27 @@ fn check(k: usize, i: usize, answer: &Value) {
 async fn concurrent_reads_on_a_shared_connection_run_together_and_each_gets_its_answer() {
     let db = TestDb::new().await;
     let daemon = one_connection(&db).await;
+    let coalesced = four_clients_at_once(&daemon).await;
+    let (_, pools) = daemon.get("/pools").await;
+    assert_eq!(
+        pools["pools"][0]["coalesced_statements"],
+        json!(coalesced as u64),
+        "{pools}"
+    );
+}
+
+/// Four clients send [`request`]s in rounds over `daemon`, whose pool has one connection, and
+/// check every answer; asserts that statements were coalesced and ran as groups, and returns
+/// how many were coalesced.
+pub(crate) async fn four_clients_at_once(daemon: &AdminDaemon) -> f64 {
     let before = daemon.scrape().await;
-    let clients = (0..4).map(|k| {
-        let daemon = &daemon;
-        async move {
-            let mut c = warm_client(daemon).await;
-            for _ in 0..2 {
-                let requests: Vec<Value> = (0..60).map(|i| request(k, i)).collect();
-                let answers = send_all(&mut c, &requests).await;
-                for (i, answer) in answers.iter().enumerate() {
-                    check(k, i, answer);
-                }
+    let clients = (0..4).map(|k| async move {
+        let mut c = warm_client(daemon).await;
+        for _ in 0..2 {
+            let requests: Vec<Value> = (0..60).map(|i| request(k, i)).collect();
+            let answers = send_all(&mut c, &requests).await;
+            for (i, answer) in answers.iter().enumerate() {
+                check(k, i, answer);
             }
         }
     });
@@ -115,12 +125,7 @@ async fn concurrent_reads_on_a_shared_connection_run_together_and_each_gets_its_
         delta(&before, &after, "qail_pipeline_grouped_statements_total") > 0.0,
         "no coalesced statements ran as a group"
     );
-    let (_, pools) = daemon.get("/pools").await;
-    assert_eq!(
-        pools["pools"][0]["coalesced_statements"],
-        json!(coalesced as u64),
-        "{pools}"
-    );
+    coalesced
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

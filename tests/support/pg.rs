@@ -23,6 +23,9 @@ use tokio_postgres::{Client, NoTls};
 pub const PG_USER: &str = "postgres";
 /// Password of [`PG_USER`]; the clusters accept nothing else.
 pub const PG_PASSWORD: &str = "qail-test-password";
+/// A role that signs in with a client certificate only (over TLS on 127.0.0.1); tests that
+/// use it create it.
+pub const CERT_USER: &str = "qail_cert";
 
 /// One running (or stopped) PostgreSQL cluster.
 pub struct PgCluster {
@@ -71,9 +74,16 @@ impl PgCluster {
     }
 
     /// The PEM certificate of the authority that signed the server's certificate (which names
-    /// `127.0.0.1` and `localhost`): what `sslrootcert` must hold for `verify-full`.
+    /// `localhost` only, not `127.0.0.1`): what `sslrootcert` must hold for `verify-full`.
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("tls").join("ca.crt")
+    }
+
+    /// A client certificate the same authority signed for the role [`CERT_USER`] (the server
+    /// authenticates that role by certificate over TCP), and its private key.
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        let dir = self.root.join("tls");
+        (dir.join("client.crt"), dir.join("client.key"))
     }
 
     /// Another authority's PEM certificate, which did not sign the server's.
@@ -81,8 +91,9 @@ impl PgCluster {
         self.root.join("tls").join("other-ca.crt")
     }
 
-    /// A test authority, a server certificate it signed and a second authority, made with the
-    /// `openssl` command (P-256 keys: quick to make) in `<root>/tls`, readable by the server.
+    /// A test authority, a server and a client certificate it signed and a second authority,
+    /// made with the `openssl` command (P-256 keys: quick to make) in `<root>/tls`, readable by
+    /// the server.
     fn make_certificates(&self) -> Result<PathBuf, String> {
         let dir = self.root.join("tls");
         std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
@@ -108,32 +119,35 @@ impl PgCluster {
             args.extend(["-keyout", &keyfile, "-out", &crtfile]);
             openssl(&args)?;
         }
-        let mut args = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key"];
-        args.extend(key);
-        args.extend(["-out", "server.csr"]);
-        openssl(&args)?;
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName = IP:127.0.0.1, DNS:localhost\n",
-        )
-        .map_err(|e| e.to_string())?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ])?;
+        let client_subject = format!("/CN={CERT_USER}");
+        for (name, subject, extensions) in [
+            (
+                "server",
+                "/CN=localhost",
+                "subjectAltName = DNS:localhost\n",
+            ),
+            (
+                "client",
+                client_subject.as_str(),
+                "extendedKeyUsage = clientAuth\n",
+            ),
+        ] {
+            let (keyfile, csr) = (format!("{name}.key"), format!("{name}.csr"));
+            let mut args = vec!["req", "-subj", subject, "-keyout", &keyfile];
+            args.extend(key);
+            args.extend(["-out", &csr]);
+            openssl(&args)?;
+            let crt = format!("{name}.crt");
+            let mut args = vec![
+                "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key",
+            ];
+            args.extend(["-CAcreateserial", "-days", "3", "-out", &crt]);
+            // Extensions make it an X.509 v3 certificate, the only version rustls accepts.
+            let ext = format!("{name}.ext");
+            std::fs::write(dir.join(&ext), extensions).map_err(|e| e.to_string())?;
+            args.extend(["-extfile", &ext]);
+            openssl(&args)?;
+        }
         {
             use std::os::unix::fs::PermissionsExt;
             let private = std::fs::Permissions::from_mode(0o600);
@@ -192,12 +206,21 @@ impl PgCluster {
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              shared_buffers = 16MB\nmax_connections = 200\n\
              log_min_messages = warning\nlog_statement = 'none'\n\
-             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'\n",
             cluster.socket_dir().display(),
             tls.join("server.crt").display(),
             tls.join("server.key").display(),
+            tls.join("ca.crt").display(),
         );
         append(&cluster.data_dir().join("postgresql.conf"), &settings)?;
+        // The first matching line wins: the certificate role signs in by certificate only.
+        let hba = cluster.data_dir().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+        std::fs::write(
+            &hba,
+            format!("hostssl all {CERT_USER} 127.0.0.1/32 cert\nhost all {CERT_USER} 127.0.0.1/32 reject\n{rules}"),
+        )
+        .map_err(|e| e.to_string())?;
         cluster.owned = true;
         Ok(cluster)
     }
