@@ -378,6 +378,7 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub sslcert: Option<PathBuf>,
     /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1). Default: none.
+    /// Reload re-reads the three TLS files and rebuilds the pool when their contents changed.
     #[serde(default)]
     pub sslkey: Option<PathBuf>,
     /// SCRAM channel binding, as libpq's `channel_binding`: "prefer" (default: used when the
@@ -385,6 +386,11 @@ pub struct UpstreamConfig {
     /// without it; needs TLS), "disable".
     #[serde(default)]
     pub channel_binding: ChannelBinding,
+    /// Digest of the contents of `sslrootcert`, `sslcert` and `sslkey`, taken when the config
+    /// is validated: a reload rebuilds the pool when certificates were rotated behind
+    /// unchanged paths.
+    #[serde(skip)]
+    pub(crate) tls_files: u64,
 }
 
 /// `channel_binding` of an upstream (see [`UpstreamConfig::channel_binding`]).
@@ -397,8 +403,9 @@ pub enum ChannelBinding {
     Require,
 }
 
-/// `sslmode` of an upstream (see [`UpstreamConfig::sslmode`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// `sslmode` of an upstream (see [`UpstreamConfig::sslmode`]), ordered from weakest to
+/// strictest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     #[default]
@@ -407,6 +414,19 @@ pub enum SslMode {
     Require,
     VerifyCa,
     VerifyFull,
+}
+
+impl SslMode {
+    /// The setting's name, as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 fn default_host() -> String {
@@ -439,10 +459,15 @@ impl UpstreamConfig {
         user: &str,
         database: &str,
         password: Secret,
+        sslmode: SslMode,
         pool: &PoolDefaults,
     ) -> Self {
+        let mut name = format!("dyn:{user}@{host}:{port}/{database}");
+        if sslmode != SslMode::Disable {
+            name.push_str(&format!("?sslmode={}", sslmode.as_str()));
+        }
         UpstreamConfig {
-            name: format!("dyn:{user}@{host}:{port}/{database}"),
+            name,
             host: host.into(),
             port,
             user: user.into(),
@@ -457,11 +482,12 @@ impl UpstreamConfig {
             connect_timeout_ms: pool.connect_timeout_ms,
             checkout_timeout_ms: pool.checkout_timeout_ms,
             health_interval_ms: pool.health_interval_ms,
-            sslmode: SslMode::Disable,
+            sslmode,
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
             channel_binding: ChannelBinding::Prefer,
+            tls_files: 0,
         }
     }
 
@@ -694,6 +720,8 @@ impl Config {
                 }
                 Ok(_) => {}
             }
+            up.tls_files = crate::pg::tls::files_digest(up)
+                .map_err(|e| ConfigError::invalid(key(e.key()), e.to_string()))?;
         }
         if self.upstreams.is_empty() && !self.allow_dynamic_upstreams {
             return Err(ConfigError::invalid(

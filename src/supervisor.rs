@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::catalog::{HandleGen, StatementCache};
-use crate::config::{Config, PoolDefaults, Secret, UpstreamConfig};
+use crate::config::{Config, PoolDefaults, Secret, SslMode, UpstreamConfig};
 use crate::error::{Code, Error};
 use crate::metrics::Metrics;
 use crate::upstream::{Lifecycle, Upstream};
@@ -43,6 +43,26 @@ pub struct Credentials<'a> {
     pub user: &'a str,
     pub database: &'a str,
     pub password: &'a str,
+    /// The weakest TLS setting the client accepts (a Unix socket needs none).
+    pub sslmode: SslMode,
+}
+
+impl Credentials<'_> {
+    /// How the credentials read in messages: `user@host:port/database`, and the sslmode
+    /// asked for when it is not `disable`.
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        );
+        if self.sslmode != SslMode::Disable {
+            s.push_str(&format!(
+                " with sslmode {} or stricter",
+                self.sslmode.as_str()
+            ));
+        }
+        s
+    }
 }
 
 /// Owner of all upstreams.
@@ -262,8 +282,9 @@ impl Supervisor {
     }
 
     /// Resolves `connect_pg` credentials to an upstream: a configured (or earlier dynamic) one
-    /// with the same address, user and database and the same password, or — when allowed — a new
-    /// dynamic upstream once PostgreSQL accepted the credentials.
+    /// with the same address, user and database, the same password and a TLS setting at least
+    /// as strict as asked, or — when allowed — a new dynamic upstream once PostgreSQL accepted
+    /// the credentials.
     pub async fn resolve_credentials(&self, c: &Credentials<'_>) -> Result<Arc<Upstream>, Error> {
         if let Some(up) = self.find(c) {
             return check_password(&up, c.password).map(|()| up);
@@ -272,8 +293,9 @@ impl Supervisor {
             return Err(Error::new(
                 Code::UnknownUpstream,
                 format!(
-                    "no configured upstream for {}@{}:{}/{} (configured: {}); add it to the config or set allow_dynamic_upstreams = true",
-                    c.user, c.host, c.port, c.database, self.names().join(", ")
+                    "no configured upstream for {} (configured: {}); add it to the config or set allow_dynamic_upstreams = true",
+                    c.describe(),
+                    self.names().join(", ")
                 ),
             ));
         };
@@ -287,6 +309,7 @@ impl Supervisor {
             c.user,
             c.database,
             Secret::new(c.password),
+            c.sslmode,
             defaults,
         );
         let candidate = Upstream::new(
@@ -302,10 +325,7 @@ impl Supervisor {
             return Err(match e.as_db_error() {
                 Some(_) => Error::new(
                     Code::AuthFailed,
-                    format!(
-                        "PostgreSQL refused {}@{}:{}/{}: {reason}",
-                        c.user, c.host, c.port, c.database
-                    ),
+                    format!("PostgreSQL refused {}: {reason}", c.describe()),
                 ),
                 None => Error::new(
                     Code::UpstreamUnavailable,
@@ -317,15 +337,25 @@ impl Supervisor {
         Ok(self.add(config, None))
     }
 
+    /// The upstream serving `c`: configured ones before dynamic ones, then the least TLS
+    /// that satisfies the request.
     fn find(&self, c: &Credentials<'_>) -> Option<Arc<Upstream>> {
         self.read()
             .values()
-            .find(|up| {
+            .filter(|up| {
                 let u = &up.config;
                 u.port == c.port
                     && u.user == c.user
                     && u.database == c.database
                     && same_host(&u.host, c.host)
+                    && (u.is_socket_dir() || u.sslmode >= c.sslmode)
+            })
+            .min_by_key(|up| {
+                (
+                    is_dynamic(up.name()),
+                    up.config.sslmode,
+                    up.name().to_string(),
+                )
             })
             .cloned()
     }
@@ -348,11 +378,14 @@ fn is_dynamic(name: &str) -> bool {
 
 /// Whether two configurations of one upstream would build the same pool. Compares the
 /// serialised settings (every field, present and future) plus the resolved password, which
-/// serialisation redacts.
+/// serialisation redacts, and the contents of the TLS files.
 fn same_settings(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
     let settings = |c: &UpstreamConfig| serde_json::to_value(c).ok();
     let (sa, sb) = (settings(a), settings(b));
-    sa.is_some() && sa == sb && a.password().expose() == b.password().expose()
+    sa.is_some()
+        && sa == sb
+        && a.password().expose() == b.password().expose()
+        && a.tls_files == b.tls_files
 }
 
 fn check_password(up: &Upstream, given: &str) -> Result<(), Error> {
@@ -387,12 +420,20 @@ fn same_host(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{same_host, same_settings};
-    use crate::config::{PoolDefaults, Secret, UpstreamConfig};
+    use crate::config::{PoolDefaults, Secret, SslMode, UpstreamConfig};
 
     #[test]
     fn settings_comparison_sees_passwords_and_sizes() {
         let pool = PoolDefaults::default();
-        let a = UpstreamConfig::dynamic("h", 5432, "u", "d", Secret::new("one"), &pool);
+        let a = UpstreamConfig::dynamic(
+            "h",
+            5432,
+            "u",
+            "d",
+            Secret::new("one"),
+            SslMode::Disable,
+            &pool,
+        );
         let mut b = a.clone();
         assert!(same_settings(&a, &b));
         b.password = Some(Secret::new("two"));

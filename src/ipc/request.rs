@@ -96,6 +96,9 @@ pub struct Request<'a> {
     pub database: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub password: Option<Cow<'a, str>>,
+    /// `connect_pg`: "disable" (default), "prefer" or "require".
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub sslmode: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub sql: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_cow")]

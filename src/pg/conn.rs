@@ -35,6 +35,8 @@ pub struct PgConn {
     cancel: CancelToken,
     endpoint: Endpoint,
     connect_timeout: Duration,
+    /// The TLS settings cancel requests use too.
+    tls: Option<Tls>,
     /// Held only for map operations, never across an await: concurrent requests sharing this
     /// connection (see `upstream::Lease`) prepare and look up statements through it.
     statements: Mutex<HashMap<u64, (Arc<Entry>, Statement)>>,
@@ -134,19 +136,26 @@ impl PgConn {
     /// Asks PostgreSQL (over a new socket) to cancel whatever this connection is running.
     pub async fn cancel_query(&self) -> Result<(), ConnectError> {
         self.cancel_sent.store(true, Ordering::Relaxed);
-        send_cancel(&self.endpoint, self.connect_timeout, &self.cancel).await
+        send_cancel(
+            &self.endpoint,
+            self.connect_timeout,
+            self.tls.as_ref(),
+            &self.cancel,
+        )
+        .await
     }
 
     /// A cancel request for whatever this connection runs, to be sent by a task of its own:
     /// the request that started the statement is gone (see [`PgConn::abandon`]).
     pub fn cancel_in_background(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (endpoint, timeout, token) = (
+        let (endpoint, timeout, tls, token) = (
             self.endpoint.clone(),
             self.connect_timeout,
+            self.tls.clone(),
             self.cancel.clone(),
         );
         async move {
-            if let Err(e) = send_cancel(&endpoint, timeout, &token).await {
+            if let Err(e) = send_cancel(&endpoint, timeout, tls.as_ref(), &token).await {
                 tracing::warn!(error = %e.describe(), "could not cancel an abandoned statement");
             }
         }
@@ -324,10 +333,13 @@ impl PgManager {
             .await
             .map_err(ConnectError::Socket)?;
         let (socket, stream) = SocketHandle::new(sock);
-        let client = match &self.tls {
-            Err(reason) => return Err(ConnectError::Socket(std::io::Error::other(reason.clone()))),
-            Ok(None) => self.start(stream, NoTls, &socket).await?,
-            Ok(Some(tls)) => self.start(stream, tls.upgrade(), &socket).await?,
+        let tls = self
+            .tls
+            .clone()
+            .map_err(|reason| ConnectError::Socket(std::io::Error::other(reason)))?;
+        let client = match &tls {
+            None => self.start(stream, NoTls, &socket).await?,
+            Some(tls) => self.start(stream, tls.upgrade(), &socket).await?,
         };
         Ok(PgConn {
             cancel: client.cancel_token(),
@@ -335,6 +347,7 @@ impl PgManager {
             socket,
             endpoint: self.endpoint.clone(),
             connect_timeout: self.connect_timeout,
+            tls,
             statements: Mutex::new(HashMap::new()),
             statement_limit: self.statement_limit,
             broken: AtomicBool::new(false),
@@ -345,16 +358,25 @@ impl PgManager {
     }
 }
 
+/// Sends a cancel request on a connection of its own, over TLS when the connection it cancels
+/// runs TLS (tokio-postgres insists on it when `sslmode` requires it).
 async fn send_cancel(
     endpoint: &Endpoint,
     timeout: Duration,
+    tls: Option<&Tls>,
     token: &CancelToken,
 ) -> Result<(), ConnectError> {
     let sock = endpoint
         .connect(timeout)
         .await
         .map_err(ConnectError::Socket)?;
-    Ok(token.cancel_query_raw(sock, NoTls).await?)
+    match tls {
+        None => Ok(token.cancel_query_raw(sock, NoTls).await?),
+        Some(tls) => {
+            let (_, stream) = SocketHandle::new(sock);
+            Ok(token.cancel_query_raw(stream, tls.upgrade()).await?)
+        }
+    }
 }
 
 /// Why a connection could not be opened.

@@ -54,6 +54,8 @@ pub enum TlsError {
     NoCertificates { key: &'static str, path: PathBuf },
     #[error("sslcert and sslkey go together: set both or neither")]
     HalfClientCert,
+    #[error("sslcert and sslkey cannot be used together: {0}")]
+    ClientCert(rustls::Error),
     #[error("{0:?} is not a host name or address a TLS certificate can name")]
     BadHost(String),
     #[error("TLS setup failed: {0}")]
@@ -65,7 +67,7 @@ impl TlsError {
     pub fn key(&self) -> &'static str {
         match self {
             TlsError::Unreadable { key, .. } | TlsError::NoCertificates { key, .. } => key,
-            TlsError::HalfClientCert => "sslcert",
+            TlsError::HalfClientCert | TlsError::ClientCert(_) => "sslcert",
             TlsError::BadHost(_) => "host",
             TlsError::NoRootCert(_) | TlsError::Rustls(_) => "sslmode",
         }
@@ -109,9 +111,9 @@ pub fn connector(up: &UpstreamConfig) -> Result<Option<Tls>, TlsError> {
             .with_custom_certificate_verifier(Arc::new(Unverified(provider))),
     };
     let config = match (&up.sslcert, &up.sslkey) {
-        (Some(cert), Some(key)) => {
-            builder.with_client_auth_cert(load_certs("sslcert", cert)?, load_key(key)?)?
-        }
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(load_certs("sslcert", cert)?, load_key(key)?)
+            .map_err(TlsError::ClientCert)?,
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(TlsError::HalfClientCert),
     };
@@ -221,6 +223,31 @@ fn server_end_point(certificate: &CertificateDer<'_>) -> Option<Vec<u8>> {
             .as_ref()
             .to_vec(),
     )
+}
+
+/// A digest of the contents of the TLS files `up` uses (0 when it uses none), to notice
+/// rotated certificates on reload.
+pub fn files_digest(up: &UpstreamConfig) -> Result<u64, TlsError> {
+    use std::hash::{Hash, Hasher};
+    if up.sslmode == SslMode::Disable || up.is_socket_dir() {
+        return Ok(0);
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let files = [
+        ("sslrootcert", &up.sslrootcert),
+        ("sslcert", &up.sslcert),
+        ("sslkey", &up.sslkey),
+    ];
+    let mut any = false;
+    for (key, path) in files {
+        if let Some(path) = path {
+            std::fs::read(path)
+                .map_err(|e| unreadable(key, path, e))?
+                .hash(&mut hasher);
+            any = true;
+        }
+    }
+    Ok(if any { hasher.finish() } else { 0 })
 }
 
 /// The certificate authorities of a PEM file.

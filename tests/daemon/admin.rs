@@ -28,7 +28,7 @@ use crate::support::{base_config, temp_dir, PgCluster, RawClient, TestDb};
 const WAIT: Duration = Duration::from_secs(30);
 /// Bound on one HTTP exchange.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-const ADMIN_TOKEN: &str = "admin-token-5f1c9d";
+pub(crate) const ADMIN_TOKEN: &str = "admin-token-5f1c9d";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -46,7 +46,11 @@ pub(crate) struct AdminDaemon {
 impl AdminDaemon {
     /// Binds `cfg` (its admin address replaced by 127.0.0.1:0) and runs it. With `file`, reloads
     /// re-read that config file.
-    async fn start(mut cfg: Config, dir: tempfile::TempDir, file: Option<PathBuf>) -> AdminDaemon {
+    pub(crate) async fn start(
+        mut cfg: Config,
+        dir: tempfile::TempDir,
+        file: Option<PathBuf>,
+    ) -> AdminDaemon {
         cfg.admin.listen = "127.0.0.1:0".into();
         let daemon = tokio::time::timeout(Duration::from_secs(20), Daemon::bind(cfg))
             .await
@@ -96,7 +100,7 @@ impl AdminDaemon {
         json_of(http(self.admin, "GET", path, None).await)
     }
 
-    async fn post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         json_of(http(self.admin, "POST", path, token).await)
     }
 
@@ -603,7 +607,12 @@ async fn pause_resume_and_flush() {
 }
 
 /// A config file serving `upstreams` (name, database, pool_max) from `cluster`.
-fn write_config(path: &Path, socket: &Path, cluster: &PgCluster, upstreams: &[(&str, &str, u32)]) {
+pub(crate) fn write_config(
+    path: &Path,
+    socket: &Path,
+    cluster: &PgCluster,
+    upstreams: &[(&str, &str, u32)],
+) {
     let mut text = format!(
         "[ipc]\nsocket = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n",
         socket.display()

@@ -124,7 +124,7 @@ async fn connect_selects_a_configured_upstream_and_names_the_others_when_unknown
     );
 }
 
-fn connect_pg(host: &str, db: &TestDb, password: &str) -> Value {
+pub(crate) fn connect_pg(host: &str, db: &TestDb, password: &str) -> Value {
     json!({
         "op": "connect_pg",
         "host": host,

@@ -1,14 +1,18 @@
-//! TLS to PostgreSQL (`sslmode`, `sslrootcert`, `sslcert`/`sslkey`, `channel_binding`): the
+//! TLS to PostgreSQL (`sslmode`, `sslrootcert`, `sslcert`/`sslkey`, `channel_binding`, and
+//! `connect_pg`'s `sslmode`): the
 //! shared test cluster listens with a certificate a test authority signed for `localhost` (not
 //! `127.0.0.1`), and signs the role `CERT_USER` in by client certificate (`support::pg`).
+
+use std::collections::HashMap;
 
 use qail_daemon::config::{ChannelBinding, Config, SslMode};
 use serde_json::{json, Value};
 
-use crate::admin::AdminDaemon;
+use crate::admin::{write_config, AdminDaemon, ADMIN_TOKEN};
 use crate::coalesce::{delta, four_clients_at_once};
-use crate::support::pg::CERT_USER;
-use crate::support::TestDb;
+use crate::ops::{connect_pg, wait_until_not_running};
+use crate::support::pg::{CERT_USER, PG_PASSWORD};
+use crate::support::{temp_dir, TestDb};
 
 /// Whether the backend answering runs over TLS, as PostgreSQL reports it.
 const SSL_IN_USE: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
@@ -206,5 +210,139 @@ async fn a_client_certificate_signs_in_where_pg_hba_asks_for_one() {
     assert!(
         message.contains("certificate"),
         "PostgreSQL's refusal is passed on: {message}"
+    );
+}
+
+/// `connect_pg` with `sslmode`: the request for `db` as the superuser.
+fn connect_pg_with(db: &TestDb, sslmode: &str) -> Value {
+    let mut request = connect_pg("127.0.0.1", db, PG_PASSWORD);
+    request["sslmode"] = json!(sslmode);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_pg_gets_tls_when_it_asks_and_never_less() {
+    let db = TestDb::new().await;
+    // The configured upstream talks in the clear: a client asking for TLS gets a dynamic one.
+    let daemon = db
+        .daemon_with(|cfg| cfg.allow_dynamic_upstreams = true)
+        .await;
+    let mut c = daemon.client().await;
+    let r = c.call_ok(connect_pg_with(&db, "require")).await;
+    let name = r["upstream"].as_str().unwrap_or_default().to_string();
+    assert!(name.ends_with("?sslmode=require"), "{r}");
+    assert_eq!(
+        c.query(SSL_IN_USE, json!([])).await["rows"],
+        json!([[true]])
+    );
+    // Without sslmode: the configured upstream, in the clear.
+    let r = c.call_ok(connect_pg("127.0.0.1", &db, PG_PASSWORD)).await;
+    assert_eq!(r["upstream"], json!("main"), "{r}");
+    assert_eq!(
+        c.query(SSL_IN_USE, json!([])).await["rows"],
+        json!([[false]])
+    );
+    for (mode, says) in [
+        ("verify-full", "configure the upstream with sslrootcert"),
+        ("allow", "unknown sslmode"),
+    ] {
+        let e = c
+            .expect_error(connect_pg_with(&db, mode), "bad_request")
+            .await;
+        let message = e["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{e}");
+    }
+
+    // Without dynamic upstreams, asking for more than the configured upstream does is refused.
+    let daemon = db.daemon().await;
+    let mut c = daemon.client().await;
+    let e = c
+        .expect_error(connect_pg_with(&db, "require"), "unknown_upstream")
+        .await;
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(message.contains("with sslmode require or stricter"), "{e}");
+    // A stricter configured upstream serves a client asking for less.
+    let daemon = db
+        .daemon_with(|cfg| cfg.upstreams[0].sslmode = SslMode::Require)
+        .await;
+    let mut c = daemon.client().await;
+    let r = c.call_ok(connect_pg_with(&db, "prefer")).await;
+    assert_eq!(r["upstream"], json!("main"), "{r}");
+    assert_eq!(
+        c.query(SSL_IN_USE, json!([])).await["rows"],
+        json!([[true]])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_cancels_the_statement_over_tls_too() {
+    let db = TestDb::new().await;
+    let daemon = db
+        .daemon_with(|cfg| cfg.upstreams[0].sslmode = SslMode::Require)
+        .await;
+    let mut c = daemon.connected().await;
+    let started = std::time::Instant::now();
+    c.expect_error(
+        json!({"op": "query", "sql": "SELECT pg_sleep(30) AS slept_over_tls", "timeout_ms": 300}),
+        "timeout",
+    )
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The cancel request itself went over TLS (tokio-postgres refuses it in the clear when
+    // sslmode requires TLS), and PostgreSQL stopped the statement.
+    wait_until_not_running(&db, "slept_over_tls").await;
+    assert_eq!(c.scalar("SELECT 2", json!([])).await, json!(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_picks_up_certificates_rotated_behind_the_same_path() {
+    let db = TestDb::new().await;
+    let dir = temp_dir();
+    let (file, socket, ca) = (
+        dir.path().join("qail.toml"),
+        dir.path().join("qail.sock"),
+        dir.path().join("pg-ca.pem"),
+    );
+    // The file first holds an authority that did not sign the server's certificate.
+    std::fs::copy(db.cluster.other_ca_cert(), &ca).expect("copy the CA file");
+    write_config(&file, &socket, db.cluster, &[("main", &db.name, 2)]);
+    let mut text = std::fs::read_to_string(&file).expect("read the config file");
+    text.push_str(&format!(
+        "checkout_timeout_ms = 1000\nsslmode = \"verify-ca\"\nsslrootcert = \"{}\"\n",
+        ca.display()
+    ));
+    std::fs::write(&file, text).expect("write the config file");
+    let cfg = Config::load(Some(&file), &HashMap::new()).expect("the config file is valid");
+    let daemon = AdminDaemon::start(cfg, dir, Some(file.clone())).await;
+    let mut c = daemon.connected().await;
+    let e = c
+        .expect_error(
+            json!({"op": "query", "sql": "SELECT 1"}),
+            "upstream_unavailable",
+        )
+        .await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("UnknownIssuer"),
+        "{e}"
+    );
+
+    let (status, report) = daemon.post("/reload", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["upstreams"]["unchanged"],
+        json!(["main"]),
+        "{report}"
+    );
+    // The right authority, same path: the reload sees the new contents and rebuilds the pool.
+    std::fs::copy(db.cluster.ca_cert(), &ca).expect("copy the CA file");
+    let (status, report) = daemon.post("/reload", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["upstreams"]["changed"], json!(["main"]), "{report}");
+    assert_eq!(
+        c.query(SSL_IN_USE, json!([])).await["rows"],
+        json!([[true]])
     );
 }

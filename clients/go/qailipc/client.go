@@ -256,6 +256,10 @@ type PGConfig struct {
 	User, Database string
 	// Password is compared with the upstream's password, in constant time.
 	Password string
+	// SSLMode is the weakest TLS towards PostgreSQL the client accepts: "disable" (the
+	// default when empty), "prefer" or "require". Only an upstream at least that strict is
+	// selected.
+	SSLMode string
 }
 
 // ConnectPG selects the configured upstream with these PostgreSQL credentials (the
@@ -266,6 +270,9 @@ func (c *Client) ConnectPG(ctx context.Context, cfg PGConfig) (string, error) {
 		{"host", cfg.Host}, {"port", cfg.Port}, {"user", cfg.User},
 		{"database", cfg.Database}, {"password", cfg.Password},
 	}}
+	if cfg.SSLMode != "" {
+		sel.fields = append(sel.fields, kv{"sslmode", cfg.SSLMode})
+	}
 	var a plainAnswer
 	if err := c.run(ctx, sel, &a); err != nil {
 		return "", err

@@ -59,6 +59,16 @@ func TestDialHelloAndUpstreams(t *testing.T) {
 	if _, err := fresh.ConnectPG(e.ctx, cfg); code(t, err) != qailipc.CodeAuthFailed {
 		t.Fatalf("connect_pg with a wrong password: %v", err)
 	}
+	// "main" talks to PostgreSQL in the clear: a client asking for TLS is not given it.
+	cfg = e.d.pgConfig()
+	cfg.SSLMode = "require"
+	if _, err := fresh.ConnectPG(e.ctx, cfg); code(t, err) != qailipc.CodeUnknownUpstream {
+		t.Fatalf("connect_pg with sslmode require: %v", err)
+	}
+	cfg.SSLMode = "verify-full"
+	if _, err := fresh.ConnectPG(e.ctx, cfg); code(t, err) != qailipc.CodeBadRequest {
+		t.Fatalf("connect_pg with sslmode verify-full: %v", err)
+	}
 	name, err := fresh.ConnectPG(e.ctx, e.d.pgConfig())
 	if err != nil || name != "main" {
 		t.Fatalf("ConnectPG = %q, %v", name, err)

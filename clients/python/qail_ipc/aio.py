@@ -232,10 +232,19 @@ class AsyncClient(_Base):
         return answer.get("upstream", upstream)
 
     async def connect_pg(
-        self, host: str, port: int, user: str, database: str, password: str = ""
+        self,
+        host: str,
+        port: int,
+        user: str,
+        database: str,
+        password: str = "",
+        sslmode: Optional[str] = None,
     ) -> str:
-        """Selects the configured upstream with these credentials; returns its name."""
-        selection = self._connect_pg_message(host, port, user, database, password)
+        """Selects the configured upstream with these credentials; returns its name.
+
+        ``sslmode`` is as for :meth:`qail_ipc.Client.connect_pg`.
+        """
+        selection = self._connect_pg_message(host, port, user, database, password, sslmode)
         answer = await self._request(dict(selection))
         self._selection = selection
         return answer["upstream"]

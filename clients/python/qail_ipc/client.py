@@ -374,9 +374,9 @@ class _Base:
 
     @staticmethod
     def _connect_pg_message(
-        host: str, port: int, user: str, database: str, password: str
+        host: str, port: int, user: str, database: str, password: str, sslmode: Optional[str]
     ) -> Dict[str, Any]:
-        return {
+        message: Dict[str, Any] = {
             "op": "connect_pg",
             "host": host,
             "port": int(port),
@@ -384,6 +384,9 @@ class _Base:
             "database": database,
             "password": password,
         }
+        if sslmode is not None:
+            message["sslmode"] = sslmode
+        return message
 
 
 def _set_target(message: Dict[str, Any], statement: Statement) -> None:
@@ -650,10 +653,20 @@ class Client(_Base):
         return answer.get("upstream", upstream)
 
     def connect_pg(
-        self, host: str, port: int, user: str, database: str, password: str = ""
+        self,
+        host: str,
+        port: int,
+        user: str,
+        database: str,
+        password: str = "",
+        sslmode: Optional[str] = None,
     ) -> str:
-        """Selects the configured upstream with these credentials; returns its name."""
-        selection = self._connect_pg_message(host, port, user, database, password)
+        """Selects the configured upstream with these credentials; returns its name.
+
+        ``sslmode`` (``"disable"``, ``"prefer"`` or ``"require"``) is the weakest TLS towards
+        PostgreSQL this client accepts: only an upstream at least that strict is selected.
+        """
+        selection = self._connect_pg_message(host, port, user, database, password, sslmode)
         answer = self._request(dict(selection))
         self._selection = selection
         return answer["upstream"]

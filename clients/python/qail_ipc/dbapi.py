@@ -422,18 +422,21 @@ def connect(
     timeout: Optional[float] = None,
     autocommit: bool = False,
     raw: bool = False,
+    sslmode: Optional[str] = None,
 ) -> Connection:
     """Opens a DB-API connection through qail-daemon.
 
     Select the database with ``upstream`` (a configured name) or with ``host``, ``port``,
-    ``user``, ``database`` and ``password`` (matched against the configured upstreams, as
-    :meth:`qail_ipc.Client.connect_pg`). The other arguments are those of
+    ``user``, ``database``, ``password`` and ``sslmode`` (matched against the configured
+    upstreams, as :meth:`qail_ipc.Client.connect_pg`). The other arguments are those of
     :func:`qail_ipc.connect`.
     """
     client = Client(path, upstream=upstream, token=token, timeout=timeout, raw=raw)
     try:
         if host is not None:
-            client.connect_pg(host, port, user or "", database or user or "", password)
+            client.connect_pg(
+                host, port, user or "", database or user or "", password, sslmode=sslmode
+            )
     except BaseException:
         client.close()
         raise

@@ -92,6 +92,15 @@ def test_use_and_connect_pg(daemon):
         with pytest.raises(OperationalError) as info:
             client.connect_pg(**dict(creds, password="wrong"))
         assert info.value.code == "auth_failed"
+        # "main" talks to PostgreSQL in the clear: a client that wants TLS is not given it.
+        assert client.connect_pg(**creds, sslmode="disable") == "main"
+        with pytest.raises(OperationalError) as info:
+            client.connect_pg(**creds, sslmode="require")
+        assert info.value.code == "unknown_upstream"
+        assert "sslmode require" in str(info.value)
+        with pytest.raises(ProgrammingError) as info:
+            client.connect_pg(**creds, sslmode="verify-full")
+        assert info.value.code == "bad_request"
 
 
 def test_query_params_and_row_factories(users):

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
+use crate::config::SslMode;
 use crate::error::{Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::Request;
@@ -91,6 +92,21 @@ pub async fn connect_pg(
     let database = field(&req.database, "database")?;
     let port = req.port.ok_or_else(|| missing("port", "connect_pg"))?;
     let password = req.password.as_deref().unwrap_or("");
+    let sslmode = match req.sslmode.as_deref() {
+        None | Some("disable") => SslMode::Disable,
+        Some("prefer") => SslMode::Prefer,
+        Some("require") => SslMode::Require,
+        Some(mode @ ("verify-ca" | "verify-full")) => {
+            return Err(Error::bad_request(format!(
+                "connect_pg takes sslmode \"disable\", \"prefer\" or \"require\"; \"{mode}\" needs the daemon to trust a certificate authority: configure the upstream with sslrootcert and connect to it by name"
+            )))
+        }
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "unknown sslmode {other:?}: connect_pg takes \"disable\", \"prefer\" or \"require\""
+            )))
+        }
+    };
     let up = shared
         .supervisor
         .resolve_credentials(&Credentials {
@@ -99,6 +115,7 @@ pub async fn connect_pg(
             user: &user,
             database: &database,
             password,
+            sslmode,
         })
         .await?;
     reply.str_field("upstream", up.name());
