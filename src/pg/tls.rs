@@ -98,17 +98,19 @@ pub fn connector(up: &UpstreamConfig) -> Result<Option<Tls>, TlsError> {
         .with_safe_default_protocol_versions()?;
     let builder = match (up.sslmode, roots) {
         (SslMode::VerifyFull, Some(roots)) => builder.with_root_certificates(roots),
-        (_, Some(roots)) => {
-            let chain = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        (_, roots) => {
+            let chain = match roots {
+                Some(roots) => Some(
+                    WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                        .build()
+                        .map_err(|e| rustls::Error::General(e.to_string()))?,
+                ),
+                None => None,
+            };
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyName(chain)))
+                .with_custom_certificate_verifier(Arc::new(Lenient { chain, provider }))
         }
-        (_, None) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider))),
     };
     let config = match (&up.sslcert, &up.sslkey) {
         (Some(cert), Some(key)) => builder
@@ -289,12 +291,18 @@ fn unreadable(key: &'static str, path: &Path, reason: impl std::fmt::Display) ->
     }
 }
 
-/// `verify-ca` (and `require` with `sslrootcert`): the chain must lead to a trusted authority,
-/// whatever host name the certificate names.
+/// The server check of every mode but `verify-full` (which is rustls' own). With `chain`
+/// (`verify-ca`, and `require` with `sslrootcert`) the certificate must lead to a trusted
+/// authority, whatever host name it names; without (`require`, `prefer`) whoever answers is
+/// accepted. The handshake's signatures are checked either way, so the session keys belong to
+/// the certificate shown.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -303,11 +311,11 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
         // The name is checked last, once the chain is known to be good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -321,51 +329,11 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `require` and `prefer`: the connection is encrypted, but whoever answers is accepted (the
-/// handshake's signatures are still checked, so the session keys belong to that certificate).
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -379,11 +347,13 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
