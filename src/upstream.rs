@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{HandleGen, StatementCache};
-use crate::config::UpstreamConfig;
+use crate::config::{SslMode, UpstreamConfig};
 use crate::error::{Code, Error};
 use crate::pg::coalesce::Gate;
 use crate::pg::conn::{describe_connect_error, ConnectError, PgConn, PgManager};
@@ -97,6 +97,8 @@ pub struct PoolStats {
     pub health: Health,
     pub paused: bool,
     pub required: bool,
+    /// TLS towards PostgreSQL: the configured `sslmode`, `disable` over a Unix socket.
+    pub sslmode: SslMode,
     pub size: u32,
     pub idle: u32,
     pub in_use: u32,
@@ -598,6 +600,11 @@ impl Upstream {
             health: self.health(),
             paused: self.is_paused(),
             required: self.config.required,
+            sslmode: if self.config.is_socket_dir() {
+                SslMode::Disable
+            } else {
+                self.config.sslmode
+            },
             size: state.connections,
             idle: state.idle_connections,
             in_use: state.connections.saturating_sub(state.idle_connections),

@@ -316,6 +316,7 @@ async fn read_endpoints_describe_the_running_daemon() {
     assert_eq!(pool["name"], "main");
     assert_eq!(pool["health"], "up");
     assert_eq!(pool["max"], 4);
+    assert_eq!(pool["sslmode"], "disable");
     assert!(pool["in_use"].as_u64() >= Some(1), "{pool}");
     assert_eq!(pool["waiters"], 0);
     assert_eq!(c.recv().await["ok"], json!(true));

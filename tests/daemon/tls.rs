@@ -61,6 +61,12 @@ async fn verify_full_checks_the_certificate_binds_the_channel_and_groups_pipelin
         c.scalar("SELECT count(*) FROM t", json!([])).await,
         json!(11)
     );
+    let (_, pools) = daemon.get("/pools").await;
+    assert_eq!(
+        pools["pools"][0]["sslmode"],
+        json!("verify-full"),
+        "{pools}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
