@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use qail_daemon::config::SslMode;
 use serde_json::{json, Value};
 
 use crate::support::{base_config, temp_dir, PgCluster, RawClient, TestDaemon};
@@ -85,10 +86,22 @@ async fn a_daemon_started_while_postgresql_is_down_serves_once_it_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_restart_is_survived() {
+    restart_is_survived(SslMode::Disable).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_is_survived_over_tls() {
+    restart_is_survived(SslMode::Require).await;
+}
+
+/// Serves, survives a restart of PostgreSQL under it, and serves again: single statements on
+/// a prepared handle, and a grouped pipeline on the new connections.
+async fn restart_is_survived(sslmode: SslMode) {
     let cluster = blocking(PgCluster::start_private).await;
     cluster.wait_ready().await;
     let dir = temp_dir();
-    let cfg = config_for(&cluster, &dir);
+    let mut cfg = config_for(&cluster, &dir);
+    cfg.upstreams[0].sslmode = sslmode;
     let daemon = TestDaemon::start_config(cfg, dir).await;
     let mut c = daemon.connected().await;
     let handle = c.prepare("SELECT 40 + $1::int AS n").await;
@@ -118,6 +131,23 @@ async fn a_postgresql_restart_is_survived() {
         .call_ok(json!({"op": "query", "handle": handle, "params": [3]}))
         .await;
     assert_eq!(r["rows"], json!([[43]]));
+    let batch: Vec<Value> = (0..600).map(|i| json!([i])).collect();
+    let r = c
+        .call_ok(
+            json!({"op": "pipeline", "handle": handle, "params_batch": batch, "compact": true}),
+        )
+        .await;
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), 600);
+    assert_eq!(results[599]["rows"], json!([[639]]), "{}", results[599]);
+    assert_eq!(
+        c.query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            json!([])
+        )
+        .await["rows"],
+        json!([[sslmode != SslMode::Disable]])
+    );
     daemon.shutdown().await;
     blocking(move || drop(cluster)).await;
 }
