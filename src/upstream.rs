@@ -187,6 +187,8 @@ pub struct Lease {
     up: Arc<Upstream>,
     /// The request's turn among shared requests (`None` for the daemon's own extra shares).
     _turn: Option<OwnedSemaphorePermit>,
+    /// The request's statement waits in the connection's coalescing queue (`pg::coalesce`).
+    queued: AtomicBool,
 }
 
 impl std::ops::Deref for Lease {
@@ -210,7 +212,19 @@ impl Lease {
             lane: self.lane.clone(),
             up: self.up.clone(),
             _turn: None,
+            queued: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the request's statement only waits in the coalescing queue: nothing of it is in
+    /// PostgreSQL that the queue's runner will not finish cleanly.
+    pub fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Marks the request's statement as waiting in the coalescing queue, or no longer.
+    pub fn set_queued(&self, queued: bool) {
+        self.queued.store(queued, Ordering::Relaxed);
     }
 
     pub fn grouped(&self) -> &GroupedCounters {
@@ -454,6 +468,7 @@ impl Upstream {
                         lane,
                         up: self.clone(),
                         _turn: Some(turn),
+                        queued: AtomicBool::new(false),
                     });
                 }
             }
@@ -487,6 +502,7 @@ impl Upstream {
             lane,
             up: self.clone(),
             _turn: Some(turn),
+            queued: AtomicBool::new(false),
         }
     }
 

@@ -16,7 +16,9 @@
 //!   have had alone (`pg::burst`).
 //! - The runner is a task of its own holding a share of the connection, never the future of a
 //!   client's request: a client that disconnects while its statement waits or runs cannot
-//!   strand the others queued behind it.
+//!   strand the others queued behind it. A statement whose request went away before its group
+//!   started is not run, and the connection stays in the pool (the request is marked queued on
+//!   its `Lease`, so `ops::Unfinished` does not abandon the connection).
 //! - The gate's lock is held for queue operations only, never across an await.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -86,12 +88,16 @@ pub async fn run(lease: &Lease, work: Work) -> Result<Outcome, Error> {
     let work = match work {
         Ok(work) => work,
         Err(waiting) => {
-            return waiting.await.unwrap_or_else(|_| {
+            // Dropped while waiting here, the request abandons nothing (`ops::Unfinished`).
+            lease.set_queued(true);
+            let answer = waiting.await;
+            lease.set_queued(false);
+            return answer.unwrap_or_else(|_| {
                 Err(Error::new(
                     Code::UpstreamUnavailable,
                     "the connection running this statement together with others was lost",
                 ))
-            })
+            });
         }
     };
     // The gate was free: run alone, then hand whatever queued up meanwhile to a runner (also
@@ -130,14 +136,18 @@ fn release(lease: &Lease) {
 async fn runner(lease: Lease, mut jobs: Vec<Job>) {
     let mut stuck = Stuck(Some(&lease));
     loop {
-        let results = run_jobs(&lease, &jobs).await;
-        lease
-            .grouped()
-            .coalesced
-            .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for (job, result) in jobs.drain(..).zip(results) {
-            // A waiter that went away (its client disconnected) just drops its answer.
-            let _ = job.answer.send(result);
+        // The statements of requests that went away (their client left) are not run.
+        jobs.retain(|job| !job.answer.is_closed());
+        if !jobs.is_empty() {
+            let results = run_jobs(&lease, &jobs).await;
+            lease
+                .grouped()
+                .coalesced
+                .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            for (job, result) in jobs.drain(..).zip(results) {
+                // A waiter that went away meanwhile just drops its answer.
+                let _ = job.answer.send(result);
+            }
         }
         let mut state = lease.gate().state();
         if state.waiting.is_empty() {

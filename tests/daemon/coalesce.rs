@@ -193,6 +193,7 @@ async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
     let mut slow = warm_client(&daemon).await;
     let mut leaver = daemon.connected().await;
     let mut stayer = daemon.connected().await;
+    let backend = slow.scalar("SELECT pg_backend_pid()", json!([])).await;
     // The slow statement holds the connection; the others queue behind it.
     let slow_id = slow.next_id();
     slow.send(&json!({"id": slow_id, "op": "query", "sql": "SELECT true AS slept FROM pg_sleep($1::float8)", "params": [0.4]}))
@@ -222,8 +223,13 @@ async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
     }
     let answer = slow.recv().await;
     assert_eq!(answer["rows"], json!([[true]]), "{answer}");
-    // The one connection is still healthy.
+    // The one connection is still healthy, and still the same: the leaver's statements only
+    // waited in the queue, so nothing of them had to be cancelled or the connection dropped.
     assert_eq!(stayer.scalar("SELECT 1 + 1", json!([])).await, json!(2));
+    assert_eq!(
+        stayer.scalar("SELECT pg_backend_pid()", json!([])).await,
+        backend
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

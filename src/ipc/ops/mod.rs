@@ -14,7 +14,7 @@ use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, OPS};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{bounded, timeout_error, Bounded};
-use crate::upstream::Upstream;
+use crate::upstream::{Lease, Upstream};
 
 pub use transaction::Tx;
 
@@ -152,7 +152,7 @@ pub async fn run_sql(
         }
     };
     let in_tx = failed.is_some();
-    let unfinished = Unfinished::new(up, conn, shared.is_some());
+    let unfinished = Unfinished::new(up, conn, shared);
     let work = async {
         match op {
             Op::Prepare => statements::prepare(up, conn, req, reply).await,
@@ -192,17 +192,19 @@ pub async fn run_sql(
 /// half-way — its client left, or the shutdown grace period ended — and PostgreSQL may still be
 /// running its statement: the connection is marked abandoned (the pool discards it) and the
 /// statement is cancelled, at once on a connection of its own, or when the last request sharing
-/// the connection has let go of it (a cancel hits whatever the connection runs).
+/// the connection has let go of it (a cancel hits whatever the connection runs). A request
+/// whose statement only waits in a coalescing queue abandons nothing: the runner drops it, or
+/// finishes the group it is in (`pg::coalesce`).
 pub(super) struct Unfinished<'a> {
     up: &'a Upstream,
     conn: &'a PgConn,
-    shared: bool,
+    shared: Option<&'a Lease>,
     armed: bool,
 }
 
 impl<'a> Unfinished<'a> {
     /// Armed until [`Unfinished::done`]; `shared` when `conn` is a lease other requests use too.
-    pub(super) fn new(up: &'a Upstream, conn: &'a PgConn, shared: bool) -> Self {
+    pub(super) fn new(up: &'a Upstream, conn: &'a PgConn, shared: Option<&'a Lease>) -> Self {
         Unfinished {
             up,
             conn,
@@ -219,12 +221,12 @@ impl<'a> Unfinished<'a> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed || self.shared.is_some_and(Lease::is_queued) {
             return;
         }
         tracing::debug!("request abandoned before its work ended; cancelling it in PostgreSQL");
         self.conn.abandon();
-        if !self.shared {
+        if self.shared.is_none() {
             self.up.spawn(self.conn.cancel_in_background());
         }
     }

@@ -67,10 +67,7 @@ pub async fn pipeline(
     conns.extend(extra.iter().map(|c| &**c));
     // The connections borrowed for the spread are this request's alone: if it is dropped
     // half-way, what they still run is cancelled (the first one is guarded by `run_sql`).
-    let spread: Vec<Unfinished<'_>> = extra
-        .iter()
-        .map(|c| Unfinished::new(up, c, false))
-        .collect();
+    let spread: Vec<Unfinished<'_>> = extra.iter().map(|c| Unfinished::new(up, c, None)).collect();
     let result = async {
         open_atomic(conns[0], atomic, in_transaction).await?;
         let grouped = match (in_transaction, atomic) {
