@@ -73,7 +73,7 @@ class Mode:
     count_only: bool = False
     notes: str = ""
     json_codec: str = "stdlib"
-    needs: str = ""  # "psqlpy" or "pgbouncer": skipped when unavailable
+    needs: str = ""  # "psqlpy", "pgbouncer" or "tls": skipped when unavailable
 
 
 DAEMON = "Python via qail-daemon (pool 8)"
@@ -97,6 +97,12 @@ MODES: list[Mode] = [
     Mode("daemon.pipeline.orjson", "daemon.pipeline", DAEMON,
          "qail_ipc + orjson · pipeline, rows (10,000/frame)", json_codec="orjson",
          notes="optional `qail-ipc[fast]` codec"),
+    Mode("daemon.pipeline.tls", "daemon.pipeline", DAEMON,
+         "qail_ipc · pipeline, rows (10,000/frame), TLS upstream", needs="tls",
+         notes="a second daemon: PostgreSQL over 127.0.0.1 with sslmode=require"),
+    Mode("daemon.count.tls", "daemon.count", DAEMON,
+         "qail_ipc · prepared_pipeline, count-only, TLS upstream", count_only=True, needs="tls",
+         notes="as above"),
     Mode("asyncpg.seq", "asyncpg.seq", DIRECT, "asyncpg · sequential", sequential=True),
     Mode("asyncpg.fetchmany", "asyncpg.fetchmany", DIRECT,
          "asyncpg · fetchmany, rows (10,000/batch)",
@@ -497,6 +503,12 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
     daemon = services.Daemon(daemon_bin, pg, args.pool, "throughput")
     run.stack.callback(daemon.stop)
     daemon.start()
+    tls_daemon = None
+    if any(m.needs == "tls" for m in modes) and not pg.no_tls:
+        log(f"==> starting a second qail-daemon (pool_max {args.pool}) over TCP with TLS")
+        tls_daemon = services.Daemon(daemon_bin, pg, args.pool, "tls", tls=True)
+        run.stack.callback(tls_daemon.stop)
+        tls_daemon.start()
     spec = Spec(duration=args.duration, warmup=args.warmup, pool=args.pool,
                 processes=args.processes, pg_socket_dir=str(pg.socket_dir), pg_port=pg.port,
                 pg_user=services.PG_USER, pg_password=services.PG_PASSWORD,
@@ -510,6 +522,8 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
             run.failures.append(f"{m.label}: skipped, psqlpy could not be installed")
         elif m.needs == "pgbouncer" and bouncer is None:
             run.failures.append(f"{m.label}: skipped, PgBouncer unavailable")
+        elif m.needs == "tls" and tls_daemon is None:
+            run.failures.append(f"{m.label}: skipped, the cluster has no TLS: {pg.no_tls}")
         else:
             runnable.append(m)
     runs: dict[str, list[dict[str, Any]]] = {m.key: [] for m in runnable}
@@ -524,7 +538,8 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
         """The server process trees whose CPU a mode's runs account (cputime.py)."""
         out = {"postgres": pg.postmaster_pid()}
         if uses_daemon(m):
-            out["qail-daemon"] = daemon.pid
+            serving = tls_daemon if m.needs == "tls" and tls_daemon is not None else daemon
+            out["qail-daemon"] = serving.pid
         if m.needs == "pgbouncer" and bouncer is not None:
             out["pgbouncer"] = bouncer.pid
         return out
@@ -533,6 +548,8 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
         """One run of a mode: its JSON line, with the CPU of its timed window."""
         if m.workload == "native":
             return measure_native(run, native_argv, roots(m))
+        if m.needs == "tls" and tls_daemon is not None:
+            extra = {"daemon_socket": str(tls_daemon.socket), **extra}
         argv = [str(VENV_PYTHON), str(HERE / "workloads.py"), m.workload,
                 json.dumps({**asdict(spec), "json_codec": m.json_codec, "cpu_roots": roots(m),
                             **extra})]

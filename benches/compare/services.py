@@ -115,7 +115,8 @@ def find_pg_bin() -> Path:
 
 
 class PostgresCluster:
-    """initdb + pg_ctl start in a temporary directory; Unix socket directory + 127.0.0.1."""
+    """initdb + pg_ctl start in a temporary directory; Unix socket directory + 127.0.0.1, with
+    TLS on 127.0.0.1 (a self-signed certificate) when the openssl command is there."""
 
     def __init__(self) -> None:
         self.bin = find_pg_bin()
@@ -125,11 +126,32 @@ class PostgresCluster:
         self.port = 0
         self.started = False
         self.version = ""
+        #: Why TLS is off ("" when it is on).
+        self.no_tls = ""
+
+    def _certificate(self) -> str:
+        """Makes a self-signed server certificate; returns the postgresql.conf lines for it."""
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            self.no_tls = "the openssl command is missing (apt-get install openssl)"
+            return ""
+        made = subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+             "-keyout", str(self.dir / "server.key"), "-out", str(self.dir / "server.crt")],
+            capture_output=True, text=True)
+        if made.returncode != 0:
+            self.no_tls = "openssl could not make a certificate: " + made.stderr.strip()[-200:]
+            return ""
+        (self.dir / "server.key").chmod(0o600)
+        return (f"ssl = on\nssl_cert_file = '{self.dir / 'server.crt'}'\n"
+                f"ssl_key_file = '{self.dir / 'server.key'}'\n")
 
     def start(self, max_connections: int = 150) -> None:
         self.socket_dir.mkdir()
         pwfile = self.dir / "pwfile"
         pwfile.write_text(PG_PASSWORD + "\n")
+        tls = self._certificate()
         chown_tree(self.dir)
         initdb = subprocess.run(
             as_service_user([str(self.bin / "initdb"), "-D", str(self.data), "-U", PG_USER,
@@ -145,7 +167,7 @@ class PostgresCluster:
                 f"unix_socket_directories = '{self.socket_dir}'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 f"max_connections = {max_connections}\n"
-                "shared_buffers = 64MB\n")
+                "shared_buffers = 64MB\n" + tls)
         log = self.dir / "postgres.log"
         for _ in range(3):
             self.port = free_port()
@@ -275,12 +297,15 @@ class PgBouncer:
 
 
 class Daemon:
-    """qail-daemon with one upstream (the cluster, over its Unix socket)."""
+    """qail-daemon with one upstream: the cluster over its Unix socket, or with ``tls`` over
+    127.0.0.1 with ``sslmode = "require"``."""
 
-    def __init__(self, binary: Path, cluster: PostgresCluster, pool_max: int, name: str) -> None:
+    def __init__(self, binary: Path, cluster: PostgresCluster, pool_max: int, name: str,
+                 tls: bool = False) -> None:
         self.binary = binary
         self.cluster = cluster
         self.pool_max = pool_max
+        self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix=f"qail-bench-{name}-"))
         self.socket = self.dir / "qail.sock"
         self.config = self.dir / "qail-daemon.toml"
@@ -288,6 +313,8 @@ class Daemon:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
+        host = "127.0.0.1" if self.tls else self.cluster.socket_dir
+        sslmode = "require" if self.tls else "disable"
         self.config.write_text(
             "[ipc]\n"
             f'socket = "{self.socket}"\n'
@@ -295,8 +322,9 @@ class Daemon:
             'listen = ""\n'
             "[[upstreams]]\n"
             'name = "main"\n'
-            f'host = "{self.cluster.socket_dir}"\n'
+            f'host = "{host}"\n'
             f"port = {self.cluster.port}\n"
+            f'sslmode = "{sslmode}"\n'
             f'user = "{PG_USER}"\n'
             f'database = "{PG_DATABASE}"\n'
             'password_env = "QAIL_BENCH_PG_PASSWORD"\n'
