@@ -306,6 +306,13 @@ pub struct PoolDefaults {
     pub checkout_timeout_ms: u64,
     /// Health check period, ms. Default 5000.
     pub health_interval_ms: u64,
+    /// An idle connection above `pool_min_idle` is closed after this long, ms. Default
+    /// 600000 (10 minutes); 0 = never.
+    pub idle_timeout_ms: u64,
+    /// A connection is closed once it is this old, when it next goes back to the pool (or
+    /// sits idle), so connections move to a failed-over or rebalanced server, ms. Default
+    /// 1800000 (30 minutes); 0 = never.
+    pub max_lifetime_ms: u64,
 }
 
 impl Default for PoolDefaults {
@@ -316,6 +323,8 @@ impl Default for PoolDefaults {
             connect_timeout_ms: 5000,
             checkout_timeout_ms: 5000,
             health_interval_ms: 5000,
+            idle_timeout_ms: 600_000,
+            max_lifetime_ms: 1_800_000,
         }
     }
 }
@@ -362,6 +371,14 @@ pub struct UpstreamConfig {
     pub checkout_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub health_interval_ms: u64,
+    /// Idle connections above `pool_min_idle` close after this long, ms. Default 600000;
+    /// 0 = never.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections close once this old, when next returned or idle, ms. Default 1800000;
+    /// 0 = never.
+    #[serde(default = "default_max_lifetime_ms")]
+    pub max_lifetime_ms: u64,
     /// TLS over TCP, as libpq's `sslmode`: "disable" (default), "prefer" (TLS when the server
     /// offers it), "require" (TLS, the certificate not checked unless `sslrootcert` is set),
     /// "verify-ca" (TLS, the certificate signed by an authority of `sslrootcert`),
@@ -444,6 +461,12 @@ fn default_application_name() -> String {
 fn default_pool_max() -> u32 {
     PoolDefaults::default().pool_max
 }
+fn default_idle_timeout_ms() -> u64 {
+    PoolDefaults::default().idle_timeout_ms
+}
+fn default_max_lifetime_ms() -> u64 {
+    PoolDefaults::default().max_lifetime_ms
+}
 fn default_pool_min_idle() -> u32 {
     PoolDefaults::default().pool_min_idle
 }
@@ -482,6 +505,8 @@ impl UpstreamConfig {
             connect_timeout_ms: pool.connect_timeout_ms,
             checkout_timeout_ms: pool.checkout_timeout_ms,
             health_interval_ms: pool.health_interval_ms,
+            idle_timeout_ms: pool.idle_timeout_ms,
+            max_lifetime_ms: pool.max_lifetime_ms,
             sslmode,
             sslrootcert: None,
             sslcert: None,
@@ -499,6 +524,14 @@ impl UpstreamConfig {
     }
     pub fn health_interval(&self) -> Duration {
         Duration::from_millis(self.health_interval_ms.max(100))
+    }
+    /// `idle_timeout_ms`, `None` when 0 (never).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
+    }
+    /// `max_lifetime_ms`, `None` when 0 (never).
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        (self.max_lifetime_ms > 0).then(|| Duration::from_millis(self.max_lifetime_ms))
     }
     /// The resolved password (empty when none is configured).
     pub fn password(&self) -> &Secret {
@@ -809,6 +842,8 @@ mod tests {
         assert_eq!(c.upstreams[0].database, "app");
         assert_eq!(c.upstreams[0].port, 5432);
         assert_eq!(c.upstreams[0].pool_max, 8);
+        assert_eq!(c.upstreams[0].idle_timeout(), Some(Duration::from_secs(600)));
+        assert_eq!(c.upstreams[0].max_lifetime(), Some(Duration::from_secs(1800)));
         assert_eq!(c.upstreams[0].password().expose(), "s3cret");
     }
 
@@ -868,6 +903,17 @@ mod tests {
         );
         let c = with("sslmode = \"require\"\nchannel_binding = \"require\"").unwrap();
         assert_eq!(c.upstreams[0].channel_binding, ChannelBinding::Require);
+    }
+
+    #[test]
+    fn zero_idle_timeout_and_lifetime_mean_never() {
+        let c = Config::from_toml_str(
+            &format!("{MINIMAL}idle_timeout_ms = 0\nmax_lifetime_ms = 0\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].idle_timeout(), None);
+        assert_eq!(c.upstreams[0].max_lifetime(), None);
     }
 
     #[test]

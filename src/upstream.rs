@@ -117,6 +117,18 @@ pub struct PoolStats {
     pub coalesced_statements: u64,
 }
 
+/// How often the pool looks for idle connections past `idle_timeout_ms` or `max_lifetime_ms`:
+/// bb8's 30 s, or more often when either is shorter, so a short setting takes effect close to
+/// its time (never more than 10 times a second).
+fn reaper_rate(config: &UpstreamConfig) -> Duration {
+    [config.idle_timeout(), config.max_lifetime()]
+        .into_iter()
+        .flatten()
+        .map(|d| d / 2)
+        .fold(Duration::from_secs(30), Duration::min)
+        .max(Duration::from_millis(100))
+}
+
 /// One pooled upstream database.
 pub struct Upstream {
     pub config: UpstreamConfig,
@@ -316,7 +328,9 @@ impl Upstream {
             .connection_timeout(config.checkout_timeout())
             .test_on_check_out(false)
             .retry_connection(false)
-            .idle_timeout(Some(Duration::from_secs(600)))
+            .idle_timeout(config.idle_timeout())
+            .max_lifetime(config.max_lifetime())
+            .reaper_rate(reaper_rate(&config))
             .build_unchecked(manager.clone());
         Arc::new(Upstream {
             catalog,

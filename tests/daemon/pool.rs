@@ -1,6 +1,7 @@
 //! Pool checkout (`upstream`): requests waiting for a pooled connection are served first come,
 //! first served, whether they need a connection of their own or share one, and a stream of
-//! shared requests cannot keep a waiting request from its turn.
+//! shared requests cannot keep a waiting request from its turn. Connections are retired by
+//! age (`max_lifetime_ms`) and idleness (`idle_timeout_ms`).
 
 use std::time::{Duration, Instant};
 
@@ -113,4 +114,52 @@ async fn shared_traffic_does_not_starve_a_waiting_checkout() {
     for task in busy {
         assert!(task.await.expect("client task") > 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_retired_by_age_and_by_idleness() {
+    let db = TestDb::new().await;
+    // max_lifetime_ms: the one connection is replaced once it is half a second old.
+    let daemon = AdminDaemon::for_db(&db, |cfg| {
+        let up = &mut cfg.upstreams[0];
+        up.pool_max = 1;
+        up.pool_min_idle = 0;
+        up.max_lifetime_ms = 500;
+        up.idle_timeout_ms = 0;
+    })
+    .await;
+    let mut c = daemon.connected().await;
+    let first = c.scalar("SELECT pg_backend_pid()", json!([])).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = c.scalar("SELECT pg_backend_pid()", json!([])).await;
+        if now != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {first} still served after 5 s with max_lifetime_ms = 500"
+        );
+    }
+
+    // idle_timeout_ms: an idle connection above pool_min_idle is closed.
+    let daemon = AdminDaemon::for_db(&db, |cfg| {
+        let up = &mut cfg.upstreams[0];
+        up.pool_min_idle = 0;
+        up.idle_timeout_ms = 300;
+        up.health_interval_ms = 60_000;
+    })
+    .await;
+    let mut c = daemon.connected().await;
+    assert_eq!(c.scalar("SELECT 1", json!([])).await, json!(1));
+    let (_, pools) = daemon.get("/pools").await;
+    assert!(pools["pools"][0]["size"].as_u64() >= Some(1), "{pools}");
+    daemon
+        .wait_for("/pools", "the idle connection closed", |_, body| {
+            body["pools"][0]["size"] == json!(0)
+        })
+        .await;
+    // The next request opens a connection again.
+    assert_eq!(c.scalar("SELECT 2", json!([])).await, json!(2));
 }
