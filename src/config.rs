@@ -842,8 +842,14 @@ mod tests {
         assert_eq!(c.upstreams[0].database, "app");
         assert_eq!(c.upstreams[0].port, 5432);
         assert_eq!(c.upstreams[0].pool_max, 8);
-        assert_eq!(c.upstreams[0].idle_timeout(), Some(Duration::from_secs(600)));
-        assert_eq!(c.upstreams[0].max_lifetime(), Some(Duration::from_secs(1800)));
+        assert_eq!(
+            c.upstreams[0].idle_timeout(),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            c.upstreams[0].max_lifetime(),
+            Some(Duration::from_secs(1800))
+        );
         assert_eq!(c.upstreams[0].password().expose(), "s3cret");
     }
 
