@@ -214,3 +214,57 @@ async fn coalesced_reads_waiting_when_postgresql_stops_are_answered() {
     daemon.shutdown().await;
     blocking(move || drop(cluster)).await;
 }
+
+/// `sslmode = "prefer"` against a server with TLS turned off talks in the clear, grouped
+/// pipelines included; `require` refuses that server. (Every other test cluster has TLS on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_talks_in_the_clear_to_a_server_without_tls() {
+    let cluster = blocking(PgCluster::start_private).await;
+    cluster.wait_ready().await;
+    let admin = cluster.client("postgres").await;
+    for sql in ["ALTER SYSTEM SET ssl = off", "SELECT pg_reload_conf()"] {
+        admin.batch_execute(sql).await.expect("turn TLS off");
+    }
+    drop(admin);
+    let dir = temp_dir();
+    let mut cfg = config_for(&cluster, &dir);
+    cfg.upstreams[0].sslmode = SslMode::Prefer;
+    let daemon = TestDaemon::start_config(cfg, dir).await;
+    let mut c = daemon.connected().await;
+    // The reload reaches every new backend at once; the first connections may predate it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.call_ok(json!({"op": "query", "sql": "SHOW ssl"})).await;
+        if r["rows"] == json!([["off"]]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ssl stayed on: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let batch: Vec<Value> = (0..600).map(|i| json!([i])).collect();
+    let r = c
+        .call_ok(json!({"op": "pipeline", "sql": "SELECT $1::int + 1 AS n", "params_batch": batch, "compact": true}))
+        .await;
+    assert_eq!(r["results"][599]["rows"], json!([[600]]), "{r}");
+    assert_eq!(
+        c.query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            json!([])
+        )
+        .await["rows"],
+        json!([[false]])
+    );
+    daemon.shutdown().await;
+
+    let dir = temp_dir();
+    let mut cfg = config_for(&cluster, &dir);
+    cfg.upstreams[0].sslmode = SslMode::Require;
+    let daemon = TestDaemon::start_config(cfg, dir).await;
+    let mut c = daemon.connected().await;
+    let r = c.call(json!({"op": "query", "sql": "SELECT 1"})).await;
+    assert_eq!(r["ok"], json!(false), "{r}");
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("TLS") || message.contains("SSL"), "{r}");
+    daemon.shutdown().await;
+    blocking(move || drop(cluster)).await;
+}
