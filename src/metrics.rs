@@ -346,6 +346,16 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         "Checkouts that gave up waiting for a connection.",
         COUNTER,
     );
+    let mut opened = Family::new(
+        "qail_pool_connections_opened_total",
+        "PostgreSQL connections the pool opened.",
+        COUNTER,
+    );
+    let mut closed = Family::new(
+        "qail_pool_connections_closed_total",
+        "PostgreSQL connections the pool closed, by reason (broken, max_lifetime, idle_timeout).",
+        COUNTER,
+    );
     let mut entries = Family::new(
         "qail_catalog_entries",
         "Statements in the upstream's catalogue.",
@@ -406,6 +416,15 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         waiters.push(&label, pool.waiters as f64);
         checkouts.push(&label, pool.checkouts as f64);
         timeouts.push(&label, pool.checkout_timeouts as f64);
+        opened.push(&label, pool.connections_opened as f64);
+        let gone = pool.connections_closed;
+        for (reason, n) in [
+            ("broken", gone.broken),
+            ("max_lifetime", gone.max_lifetime),
+            ("idle_timeout", gone.idle_timeout),
+        ] {
+            closed.push(&[("upstream", name), ("reason", reason)], n as f64);
+        }
         entries.push(&label, cache.entries as f64);
         capacity.push(&label, cache.capacity as f64);
         hits.push(&label, cache.hits as f64);
@@ -424,6 +443,8 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         waiters,
         checkouts,
         timeouts,
+        opened,
+        closed,
         entries,
         capacity,
         hits,

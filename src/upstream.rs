@@ -107,6 +107,10 @@ pub struct PoolStats {
     pub waiters: u64,
     pub checkouts: u64,
     pub checkout_timeouts: u64,
+    /// PostgreSQL connections opened since start, and closed: broken (a failed or abandoned
+    /// connection), or retired by `max_lifetime_ms` or `idle_timeout_ms`.
+    pub connections_opened: u64,
+    pub connections_closed: ClosedConnections,
     pub errors: u64,
     /// Pipeline statements sent grouped (see `pg::burst`), and those of them run again one by
     /// one because they failed or were skipped inside their group.
@@ -127,6 +131,14 @@ fn reaper_rate(config: &UpstreamConfig) -> Duration {
         .map(|d| d / 2)
         .fold(Duration::from_secs(30), Duration::min)
         .max(Duration::from_millis(100))
+}
+
+/// Connections the pool closed, by reason.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ClosedConnections {
+    pub broken: u64,
+    pub max_lifetime: u64,
+    pub idle_timeout: u64,
 }
 
 /// One pooled upstream database.
@@ -642,6 +654,14 @@ impl Upstream {
             waiters: self.waiters.load(Ordering::Relaxed),
             checkouts: state.statistics.get_started,
             checkout_timeouts: self.timeouts.load(Ordering::Relaxed),
+            connections_opened: state.statistics.connections_created,
+            connections_closed: ClosedConnections {
+                // The daemon never asks bb8 to validate a connection, so "invalid" stays 0.
+                broken: state.statistics.connections_closed_broken
+                    + state.statistics.connections_closed_invalid,
+                max_lifetime: state.statistics.connections_closed_max_lifetime,
+                idle_timeout: state.statistics.connections_closed_idle_timeout,
+            },
             errors: self.errors.load(Ordering::Relaxed),
             grouped_statements: self.grouped.statements.load(Ordering::Relaxed),
             grouped_reruns: self.grouped.reruns.load(Ordering::Relaxed),

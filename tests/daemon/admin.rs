@@ -225,7 +225,7 @@ pub(crate) struct Metrics(Scrape);
 
 impl Metrics {
     /// The value of the series `name{labels}`, if present. Histograms give their sample count.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.0
             .samples
             .iter()

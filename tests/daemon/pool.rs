@@ -142,6 +142,13 @@ async fn connections_are_retired_by_age_and_by_idleness() {
             "backend {first} still served after 5 s with max_lifetime_ms = 500"
         );
     }
+    let (_, pools) = daemon.get("/pools").await;
+    let pool = &pools["pools"][0];
+    assert!(pool["connections_opened"].as_u64() >= Some(2), "{pool}");
+    assert!(
+        pool["connections_closed"]["max_lifetime"].as_u64() >= Some(1),
+        "{pool}"
+    );
 
     // idle_timeout_ms: an idle connection above pool_min_idle is closed.
     let daemon = AdminDaemon::for_db(&db, |cfg| {
@@ -160,6 +167,11 @@ async fn connections_are_retired_by_age_and_by_idleness() {
             body["pools"][0]["size"] == json!(0)
         })
         .await;
+    let closed = daemon.scrape().await.get(
+        "qail_pool_connections_closed_total",
+        &[("upstream", "main"), ("reason", "idle_timeout")],
+    );
+    assert!(closed >= Some(1.0), "{closed:?}");
     // The next request opens a connection again.
     assert_eq!(c.scalar("SELECT 2", json!([])).await, json!(2));
 }
