@@ -7,6 +7,7 @@ use qail_daemon::config::SslMode;
 use serde_json::{json, Value};
 
 use crate::support::{base_config, temp_dir, PgCluster, RawClient, TestDaemon};
+use crate::tls::on_tls;
 
 /// Error codes a daemon may give while PostgreSQL is unreachable.
 const UNAVAILABLE: [&str; 2] = ["upstream_unavailable", "pool_timeout"];
@@ -140,14 +141,7 @@ async fn restart_is_survived(sslmode: SslMode) {
     let results = r["results"].as_array().expect("results");
     assert_eq!(results.len(), 600);
     assert_eq!(results[599]["rows"], json!([[639]]), "{}", results[599]);
-    assert_eq!(
-        c.query(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            json!([])
-        )
-        .await["rows"],
-        json!([[sslmode != SslMode::Disable]])
-    );
+    assert_eq!(on_tls(&mut c).await, sslmode != SslMode::Disable);
     daemon.shutdown().await;
     blocking(move || drop(cluster)).await;
 }
@@ -246,14 +240,7 @@ async fn prefer_talks_in_the_clear_to_a_server_without_tls() {
         .call_ok(json!({"op": "pipeline", "sql": "SELECT $1::int + 1 AS n", "params_batch": batch, "compact": true}))
         .await;
     assert_eq!(r["results"][599]["rows"], json!([[600]]), "{r}");
-    assert_eq!(
-        c.query(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            json!([])
-        )
-        .await["rows"],
-        json!([[false]])
-    );
+    assert!(!on_tls(&mut c).await);
     daemon.shutdown().await;
 
     let dir = temp_dir();
