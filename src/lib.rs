@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod ipc;
 pub mod metrics;
+pub mod net;
 pub mod pg;
 pub mod sql;
 pub mod supervisor;

@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, Secret};
 use crate::metrics::Metrics;
+use crate::net::UnixConn;
 use crate::supervisor::Supervisor;
 
 /// What every session shares.
@@ -350,12 +351,19 @@ pub async fn serve(
                 continue;
             }
         };
-        let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
-        let id = format!("s{n}");
         let (pid, uid) = match stream.peer_cred() {
             Ok(c) => (c.pid().unwrap_or(0), c.uid()),
             Err(_) => (0, u32::MAX),
         };
+        let stream = match UnixConn::try_from(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not register an accepted connection");
+                continue;
+            }
+        };
+        let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = format!("s{n}");
         let span = tracing::info_span!(
             "client",
             session = %id,

@@ -25,8 +25,6 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +34,7 @@ use crate::ipc::ops::{self, session_ops, transaction, Op, Tx};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{parse, Peek, Request};
 use crate::ipc::{ClientInfo, Shared};
+use crate::net::{UnixConn, UnixRead, UnixWrite};
 use crate::upstream::{Lifecycle, Upstream};
 
 type Pending = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
@@ -74,7 +73,7 @@ impl Ledger {
     async fn send(
         &mut self,
         shared: &Shared,
-        write: &mut OwnedWriteHalf,
+        write: &mut UnixWrite,
         answer: &[u8],
         listed: bool,
     ) -> std::io::Result<()> {
@@ -91,7 +90,7 @@ impl Ledger {
     /// Answers `shutting_down` to every request still unanswered when the session is cut off
     /// (unless an answer was cut half-way, which leaves nothing sound to write after it), within
     /// a short time, so a client that does not read cannot hold the shutdown up.
-    async fn cut_off(&mut self, shared: &Shared, write: &mut OwnedWriteHalf) {
+    async fn cut_off(&mut self, shared: &Shared, write: &mut UnixWrite) {
         if self.torn || self.ids.is_empty() {
             return;
         }
@@ -147,7 +146,7 @@ impl Session {
     }
 
     /// Serves the connection until the client leaves, sends `close`, or the daemon stops.
-    pub async fn run(mut self, stream: UnixStream) {
+    pub async fn run(mut self, stream: UnixConn) {
         let (read, mut write) = stream.into_split();
         let hard_stop = self.shared.hard_stop.clone();
         tokio::select! {
@@ -168,7 +167,7 @@ impl Session {
     }
 
     /// The read–dispatch–answer loop; returns when the session should end.
-    async fn serve(&mut self, read: tokio::net::unix::OwnedReadHalf, write: &mut OwnedWriteHalf) {
+    async fn serve(&mut self, read: UnixRead, write: &mut UnixWrite) {
         let mut frames =
             FramedRead::with_capacity(read, FrameDecoder::new(self.shared.max_frame), READ_BUFFER);
         let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -426,7 +425,7 @@ async fn run_independent(
 /// waiting for more), so a client learns why instead of just seeing the connection close.
 fn refuse_arrived(
     shared: &Arc<Shared>,
-    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameDecoder>,
+    frames: &mut FramedRead<UnixRead, FrameDecoder>,
     in_flight: &mut FuturesOrdered<Pending>,
     ledger: &mut Ledger,
 ) -> Result<(), ()> {
@@ -455,7 +454,7 @@ fn refuse_arrived(
 async fn drain(
     shared: &Shared,
     in_flight: &mut FuturesOrdered<Pending>,
-    write: &mut OwnedWriteHalf,
+    write: &mut UnixWrite,
     ledger: &mut Ledger,
 ) -> std::io::Result<()> {
     while let Some(answer) = in_flight.next().await {

@@ -33,8 +33,10 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream, UnixStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
+
+use crate::net::UnixConn;
 
 /// Where an upstream's server listens.
 #[derive(Debug, Clone)]
@@ -72,7 +74,7 @@ impl Endpoint {
     pub async fn connect(&self, limit: Duration) -> io::Result<Sock> {
         let open = async {
             match self {
-                Endpoint::Unix(path) => UnixStream::connect(path).await.map(Sock::Unix),
+                Endpoint::Unix(path) => UnixConn::connect(path).await.map(Sock::Unix),
                 Endpoint::Tcp { host, port } => {
                     // Every address the name resolves to, in order, as libpq does; TCP
                     // keepalives on (the kernel's timings), as tokio-postgres sets them.
@@ -120,7 +122,7 @@ impl std::fmt::Display for Endpoint {
 /// A connected socket, Unix or TCP, or TCP under TLS.
 #[derive(Debug)]
 pub enum Sock {
-    Unix(UnixStream),
+    Unix(UnixConn),
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     /// Taken out for a TLS handshake that did not finish: every read and write fails.
@@ -524,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_borrow_hides_the_socket_from_the_stream_until_dropped() {
-        let (a, mut b) = UnixStream::pair().unwrap();
+        let (a, mut b) = UnixConn::pair().unwrap();
         let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
         handle.track();
         b.write_all(b"hello").await.unwrap();
@@ -585,7 +587,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_borrow_waits_for_what_the_stream_has_in_flight() {
-        let (a, mut b) = UnixStream::pair().unwrap();
+        let (a, mut b) = UnixConn::pair().unwrap();
         let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
         handle.track();
         stream.write_all(&message(b'S', b"")).await.unwrap();
@@ -617,7 +619,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_borrow_fails_the_stream_instead_of_handing_it_the_rest() {
-        let (a, _b) = UnixStream::pair().unwrap();
+        let (a, _b) = UnixConn::pair().unwrap();
         let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
         handle.track();
         drop(handle.borrow_if_idle().expect("idle"));
@@ -630,7 +632,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stream_hears_of_data_after_a_borrower_read_in_its_place() {
-        let (a, mut b) = UnixStream::pair().unwrap();
+        let (a, mut b) = UnixConn::pair().unwrap();
         let (handle, mut stream) = SocketHandle::new(Sock::Unix(a));
         handle.track();
         let reader = tokio::spawn(async move {
