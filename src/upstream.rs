@@ -192,6 +192,13 @@ pub struct GroupedCounters {
 /// queue at the lane's [`Gate`] and run together in groups (`pg::coalesce`).
 const LANE_DEPTH: usize = 8;
 
+/// How long after its work started a busy connection still takes coalescable statements
+/// before an idle connection would. A statement that joins runs in the next group there, which
+/// costs PostgreSQL a fraction of a statement run alone (a Sync, a commit and a wake-up of its
+/// own); but work that has run longer than this may be a slow statement, and nothing that could
+/// run elsewhere should queue behind it.
+const JOIN_WINDOW: Duration = Duration::from_millis(2);
+
 /// A pooled connection shared by concurrent autocommit requests.
 struct Lane {
     conn: Checkout,
@@ -202,10 +209,11 @@ struct Lane {
 }
 
 /// One request's share of a pooled connection. Autocommit statements that leave no session
-/// state behind and need no cancellation (no time limit) run on a lease: an idle pooled
-/// connection when there is one, otherwise a connection already in use by up to
-/// `LANE_DEPTH` other such requests, so they queue inside PostgreSQL's pipeline instead of
-/// in the pool. The connection returns to the pool when its last lease ends.
+/// state behind and need no cancellation (no time limit) run on a lease: a connection whose
+/// coalescing group is just starting, when the statement can join one; else an idle pooled
+/// connection; else a connection already in use by up to `LANE_DEPTH` other such requests, so
+/// they queue inside PostgreSQL's pipeline instead of in the pool. The connection returns to
+/// the pool when its last lease ends.
 pub struct Lease {
     lane: Arc<Lane>,
     up: Arc<Upstream>,
@@ -460,13 +468,15 @@ impl Upstream {
     /// A share of a pooled connection for one autocommit request (see [`Lease`]).
     ///
     /// Shared requests take turns first come, first served, like checkouts: at most
-    /// `pool_max × LANE_DEPTH` of them hold a turn, and a request with a turn takes an idle
-    /// connection, else room on a lane, else waits for whichever of the two comes first. Without
+    /// `pool_max × LANE_DEPTH` of them hold a turn, and a request with a turn takes room on a
+    /// lane whose coalescing group started less than `JOIN_WINDOW` ago (when `coalescable`:
+    /// the statement can run in such a group), else an idle connection, else room on any
+    /// lane, else waits for whichever of the last two comes first. Without
     /// the turns, a request arriving when a lane has room would overtake those waiting for a
     /// whole connection, which under steady load never comes back to the pool. For the same
     /// reason no request joins a lane while a `checkout()` waits: lanes then drain, and their
     /// connections go to the waiters in arrival order.
-    pub async fn lease(self: &Arc<Self>) -> Result<Lease, Error> {
+    pub async fn lease(self: &Arc<Self>, coalescable: bool) -> Result<Lease, Error> {
         self.admit()?;
         let turn = match self.turns.clone().try_acquire_owned() {
             Ok(turn) => turn,
@@ -475,6 +485,13 @@ impl Upstream {
                 _ => return Err(self.pool_timeout()),
             },
         };
+        // A coalescable statement first joins a lane whose group is just starting: it runs in
+        // the next group there, where it costs PostgreSQL a fraction of a statement of its own.
+        if coalescable && self.exclusive_waiting.load(Ordering::Relaxed) == 0 {
+            if let Some(lane) = self.lane_to_join() {
+                return Ok(self.joined(lane, turn));
+            }
+        }
         if let Some(conn) = self.checkout_idle(1).await.pop() {
             return Ok(self.open_lane(conn, turn));
         }
@@ -490,12 +507,7 @@ impl Upstream {
             // busy for ever: shared requests queue for connections behind it instead.
             if self.exclusive_waiting.load(Ordering::Relaxed) == 0 {
                 if let Some(lane) = self.lane_with_room() {
-                    return Ok(Lease {
-                        lane,
-                        up: self.clone(),
-                        _turn: Some(turn),
-                        queued: AtomicBool::new(false),
-                    });
+                    return Ok(self.joined(lane, turn));
                 }
             }
             tokio::select! {
@@ -515,6 +527,28 @@ impl Upstream {
             .filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64)?;
         lane.users.fetch_add(1, Ordering::Relaxed);
         Some(lane.clone())
+    }
+
+    /// The busiest lane with room whose coalescing gate started its work less than
+    /// `JOIN_WINDOW` ago, counted in.
+    fn lane_to_join(&self) -> Option<Arc<Lane>> {
+        let lanes = self.lanes();
+        let lane = lanes
+            .iter()
+            .filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64)
+            .filter(|l| !l.conn.is_broken() && l.gate.joinable(JOIN_WINDOW))
+            .max_by_key(|l| l.users.load(Ordering::Relaxed))?;
+        lane.users.fetch_add(1, Ordering::Relaxed);
+        Some(lane.clone())
+    }
+
+    fn joined(self: &Arc<Self>, lane: Arc<Lane>, turn: OwnedSemaphorePermit) -> Lease {
+        Lease {
+            lane,
+            up: self.clone(),
+            _turn: Some(turn),
+            queued: AtomicBool::new(false),
+        }
     }
 
     fn open_lane(self: &Arc<Self>, conn: Checkout, turn: OwnedSemaphorePermit) -> Lease {

@@ -21,7 +21,9 @@
 //!   its `Lease`, so `ops::Unfinished` does not abandon the connection).
 //! - The gate's lock is held for queue operations only, never across an await.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio_postgres::Statement;
@@ -42,6 +44,9 @@ const MIN_GROUP: usize = 3;
 #[derive(Default)]
 pub struct Gate {
     state: Mutex<State>,
+    /// When the work running through the gate started ([`micros`]), 0 while nothing runs.
+    /// Read without the lock, to choose a connection to join (`upstream::Upstream::lease`).
+    started: AtomicU64,
 }
 
 #[derive(Default)]
@@ -55,6 +60,31 @@ impl Gate {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether the gate runs work that started less than `window` ago, so a statement queued
+    /// now runs soon, in the next group. A statement that has been running for longer may be a
+    /// slow one: nothing should queue behind it that could run elsewhere.
+    pub fn joinable(&self, window: Duration) -> bool {
+        let started = self.started.load(Ordering::Relaxed);
+        started != 0 && micros().saturating_sub(started) < window.as_micros() as u64
+    }
+
+    /// Records that the gate's work (a statement, or the runner's next group) starts now.
+    fn starting(&self) {
+        self.started.store(micros(), Ordering::Relaxed);
+    }
+
+    /// Records that nothing runs through the gate any more.
+    fn idle(&self, state: &mut State) {
+        state.busy = false;
+        self.started.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Microseconds since the first call, never 0.
+fn micros() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
 }
 
 /// One statement to run: what `pg::exec::run_one` would run on its own.
@@ -82,6 +112,7 @@ pub async fn run(lease: &Lease, work: Work) -> Result<Outcome, Error> {
             Err(waiting)
         } else {
             state.busy = true;
+            lease.gate().starting();
             Ok(work)
         }
     };
@@ -122,9 +153,10 @@ fn release(lease: &Lease) {
     let jobs = {
         let mut state = lease.gate().state();
         if state.waiting.is_empty() {
-            state.busy = false;
+            lease.gate().idle(&mut state);
             return;
         }
+        lease.gate().starting();
         std::mem::take(&mut state.waiting)
     };
     let share = lease.share();
@@ -151,10 +183,11 @@ async fn runner(lease: Lease, mut jobs: Vec<Job>) {
         }
         let mut state = lease.gate().state();
         if state.waiting.is_empty() {
-            state.busy = false;
+            lease.gate().idle(&mut state);
             stuck.0 = None;
             return;
         }
+        lease.gate().starting();
         jobs = std::mem::take(&mut state.waiting);
     }
 }
@@ -169,7 +202,7 @@ impl Drop for Stuck<'_> {
         if let Some(lease) = self.0 {
             let mut state = lease.gate().state();
             state.waiting.clear();
-            state.busy = false;
+            lease.gate().idle(&mut state);
         }
     }
 }

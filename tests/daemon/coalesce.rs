@@ -326,3 +326,66 @@ async fn reads_writes_and_prepares_interleave_on_shared_connections() {
     let after = daemon.scrape().await;
     assert!(delta(&before, &after, "qail_coalesced_statements_total") > 0.0);
 }
+
+/// With idle connections to spare, a read that arrives while another client's statement has
+/// just started joins that connection and runs in the group after it, instead of taking an idle
+/// connection of its own (`upstream::JOIN_WINDOW`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_join_a_connection_whose_group_just_started_before_an_idle_one() {
+    let db = TestDb::new().await;
+    let daemon = AdminDaemon::for_db(&db, |cfg| {
+        cfg.upstreams[0].pool_max = 8;
+        cfg.upstreams[0].pool_min_idle = 8;
+    })
+    .await;
+    crate::lifecycle::wait_for_backends(&db, 8).await;
+    let before = daemon.scrape().await;
+    // Four clients, one request at a time each: never more in flight than idle connections.
+    let clients = (0..4).map(|k| {
+        let daemon = &daemon;
+        async move {
+            let mut c = warm_client(daemon).await;
+            for i in 0..60 {
+                let n = k * 1000 + i;
+                let sql = "SELECT $1::int AS n, pg_sleep(0.001)::text AS slept";
+                assert_eq!(c.rows(sql, json!([n])).await, vec![json!([n, ""])]);
+            }
+        }
+    });
+    futures_util::future::join_all(clients).await;
+    let after = daemon.scrape().await;
+    assert!(
+        delta(&before, &after, "qail_coalesced_statements_total") > 0.0,
+        "no read joined a busy connection"
+    );
+}
+
+/// A read does not queue behind a statement that has been running for longer than the join
+/// window when an idle connection is free: a slow query holds up only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_queue_behind_a_slow_statement_while_a_connection_is_idle() {
+    let db = TestDb::new().await;
+    let daemon = AdminDaemon::for_db(&db, |cfg| {
+        cfg.upstreams[0].pool_max = 2;
+        cfg.upstreams[0].pool_min_idle = 2;
+    })
+    .await;
+    crate::lifecycle::wait_for_backends(&db, 2).await;
+    let mut slow = daemon.connected().await;
+    slow.send(&json!({"id": 1, "op": "query", "sql": "SELECT pg_sleep(1.5)::text AS slept"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut fast = daemon.connected().await;
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        assert_eq!(fast.scalar("SELECT $1::int", json!([i])).await, json!(i));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "the reads waited for the slow statement: {took:?}"
+    );
+    let answer = slow.recv().await;
+    assert_eq!(answer["ok"], json!(true), "{answer}");
+}

@@ -42,7 +42,7 @@ async fn wait_for_activity(
 }
 
 /// Waits (at most 10 s) until the pool of `db` holds at least `n` connections.
-async fn wait_for_backends(db: &TestDb, n: i64) {
+pub(crate) async fn wait_for_backends(db: &TestDb, n: i64) {
     let what = format!("the pool never opened {n} connections");
     wait_for_activity(db, POOLED, Duration::from_secs(10), |open| open >= n, &what).await;
 }

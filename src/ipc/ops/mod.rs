@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::error::{Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, OPS};
+use crate::pg::burst;
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{bounded, timeout_error, Bounded};
 use crate::upstream::{Lease, Upstream};
@@ -101,20 +102,25 @@ impl Op {
 }
 
 /// Whether an autocommit request may run on a connection shared with other requests (an
-/// [`crate::upstream::Lease`]): single statements that leave no session state behind. Time
-/// limits need an exclusive connection (a cancel request hits whatever the connection runs),
-/// and pipelines and batches spread or pipeline on connections of their own.
-fn may_share(op: Op, up: &Upstream, req: &Request<'_>) -> bool {
+/// [`crate::upstream::Lease`]), and if so whether its statement can be coalesced with theirs
+/// (`pg::coalesce`): `None` for a request that needs a connection of its own. Single
+/// statements that leave no session state behind may share. Time limits need an exclusive
+/// connection (a cancel request hits whatever the connection runs), and pipelines and batches
+/// spread or pipeline on connections of their own.
+fn sharing(op: Op, up: &Upstream, req: &Request<'_>) -> Option<bool> {
     if !matches!(op, Op::Query | Op::Execute | Op::Prepare) {
-        return false;
+        return None;
     }
+    let shares = |class: &crate::sql::Classified| {
+        (!class.leaves_session_state).then(|| op != Op::Prepare && burst::eligible(class))
+    };
     match (&req.sql, &req.handle) {
-        (Some(sql), None) => !crate::sql::classify(sql).leaves_session_state,
+        (Some(sql), None) => shares(&crate::sql::classify(sql)),
         (None, Some(handle)) => up
             .catalog
             .peek_by_handle(handle)
-            .is_some_and(|e| !e.class.leaves_session_state),
-        _ => false,
+            .and_then(|e| shares(&e.class)),
+        _ => None,
     }
 }
 
@@ -134,6 +140,10 @@ pub async fn run_sql(
     }
     let borrowed;
     let leased;
+    let share = match (&tx, limit) {
+        (None, None) => sharing(op, up, req),
+        _ => None,
+    };
     let (conn, failed, shared): (&PgConn, _, _) = match tx {
         Some(tx) => {
             if !Arc::ptr_eq(&tx.up, up) {
@@ -142,8 +152,8 @@ pub async fn run_sql(
             let (conn, failed) = tx.parts();
             (conn, Some(failed), None)
         }
-        None if limit.is_none() && may_share(op, up, req) => {
-            leased = up.lease().await?;
+        None if share.is_some() => {
+            leased = up.lease(share == Some(true)).await?;
             (&*leased, None, Some(&leased))
         }
         None => {
