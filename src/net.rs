@@ -25,9 +25,12 @@ use std::task::{ready, Context, Poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
-/// The most one read asks for. A read fills (zeroes first) the caller's unused buffer up to
-/// this, so a frame of many megabytes is not zeroed again for every read of it.
-const READ_CHUNK: usize = 64 * 1024;
+/// How much one read asks for, at least and at most. Safe code must zero the caller's unused
+/// buffer before reading into it, so a read asks for about what the last ones got: a frame of
+/// many megabytes is not zeroed again for every read of it, nor is a large buffer zeroed for a
+/// small answer. Reads that fill what they asked double the next one; short ones halve it.
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
 
 /// A connected Unix stream socket, registered for readability only (see the module docs).
 #[derive(Debug)]
@@ -40,6 +43,8 @@ pub struct UnixConn {
 #[derive(Debug)]
 pub struct UnixRead {
     io: Arc<AsyncFd<StdUnixStream>>,
+    /// How much the next read asks for (`READ_MIN`..=`READ_MAX`).
+    ask: usize,
 }
 
 /// The writing half of a [`UnixConn`].
@@ -72,7 +77,10 @@ impl UnixConn {
         stream.set_nonblocking(true)?;
         let io = Arc::new(register(stream, Interest::READABLE)?);
         Ok(UnixConn {
-            read: UnixRead { io: io.clone() },
+            read: UnixRead {
+                io: io.clone(),
+                ask: READ_MIN,
+            },
             write: UnixWrite { io, backlog: None },
         })
     }
@@ -105,10 +113,14 @@ impl TryFrom<tokio::net::UnixStream> for UnixConn {
 }
 
 impl UnixRead {
-    fn poll_read_priv(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read_priv(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut ready = ready!(self.io.poll_read_ready(cx))?;
-            let want = buf.remaining().min(READ_CHUNK);
+            let want = buf.remaining().min(self.ask);
             let dst = buf.initialize_unfilled_to(want);
             match ready.try_io(|io| io.get_ref().read(dst)) {
                 Ok(Ok(n)) => {
@@ -116,6 +128,11 @@ impl UnixRead {
                     // Saves the read that would only find out (tokio does the same).
                     if n > 0 && n < want {
                         ready.clear_ready();
+                    }
+                    if n == self.ask {
+                        self.ask = (self.ask * 2).min(READ_MAX);
+                    } else if n < self.ask / 2 {
+                        self.ask = (self.ask / 2).max(READ_MIN);
                     }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -176,7 +193,7 @@ impl AsyncRead for UnixRead {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.poll_read_priv(cx, buf)
+        self.get_mut().poll_read_priv(cx, buf)
     }
 }
 
@@ -204,7 +221,7 @@ impl AsyncRead for UnixConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.read.poll_read_priv(cx, buf)
+        self.get_mut().read.poll_read_priv(cx, buf)
     }
 }
 
