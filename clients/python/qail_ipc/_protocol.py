@@ -192,16 +192,18 @@ class FrameReader:
 
     Small answers land in a reusable buffer together with their header; a frame larger than
     the buffer is read into a buffer of its own size. Bytes past the end of a frame are kept
-    for the next one.
+    for the next one. ``wait``, when given, is called before each read of a new answer and
+    returns once the socket is readable (e.g. ``select.poll().poll``).
     """
 
-    __slots__ = ("_buf", "_view", "_start", "_end")
+    __slots__ = ("_buf", "_view", "_start", "_end", "_wait")
 
-    def __init__(self, size: int = 64 * 1024) -> None:
+    def __init__(self, size: int = 64 * 1024, wait: Optional[Callable[[], Any]] = None) -> None:
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self._wait = wait
 
     def read(self, sock: socket.socket) -> Any:
         """Reads one frame and returns the decoded JSON object."""
@@ -231,6 +233,8 @@ class FrameReader:
             pending = self._end - self._start
             self._buf[:pending] = self._view[self._start : self._end]
             self._start, self._end = 0, pending
+        if self._wait is not None:
+            self._wait()
         k = sock.recv_into(self._view[self._end :])
         if k == 0:
             raise EOFError("the daemon closed the connection")

@@ -446,9 +446,12 @@ class Client(_Base):
             sock.close()
             raise _not_running(self.path, exc) from None
         self._sock = sock
-        self._reader = FrameReader()
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
+        # A blocked recv() is woken when the daemon reads the request (the kernel signals the
+        # room it made), only to sleep again; poll() for POLLIN ignores that signal. With a
+        # timeout the socket module polls by itself.
+        self._reader = FrameReader(wait=self._poller.poll if self.timeout is None else None)
         self._pid = os.getpid()
         self._forked = False
         self._in_transaction = False

@@ -4,6 +4,7 @@ placeholder rewriting."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -263,3 +264,60 @@ def test_frame_reader_keeps_a_frame_that_straddles_the_end_of_its_buffer():
     finally:
         a.close()
         b.close()
+
+
+def _voluntary_switches(tid: int) -> int:
+    with open("/proc/self/task/%d/status" % tid) as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches for thread %d" % tid)
+
+
+def _switches_while_the_peer_reads(wait_in_poll: bool) -> int:
+    """How often a thread blocked reading an answer is woken while the peer reads, piece by
+    piece, what the thread's socket wrote earlier (the daemon reading a request)."""
+    import select
+    import socket
+    import threading
+    import time
+
+    a, b = socket.socketpair()
+    try:
+        for _ in range(40):
+            a.sendall(b"request!")
+        poller = select.poll()
+        poller.register(a, select.POLLIN)
+        reader = _protocol.FrameReader(wait=poller.poll if wait_in_poll else None)
+        started = threading.Event()
+        result: dict = {}
+
+        def read() -> None:
+            result["tid"] = threading.get_native_id()
+            started.set()
+            result["frame"] = reader.read(a)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        started.wait(5)
+        time.sleep(0.1)  # asleep in poll() or recv() by now
+        before = _voluntary_switches(result["tid"])
+        for _ in range(40):
+            assert b.recv(8) == b"request!"
+            time.sleep(0.002)
+        switches = _voluntary_switches(result["tid"]) - before
+        b.sendall(encode_frame({"id": 1, "ok": True}))
+        thread.join(5)
+        assert result["frame"] == {"id": 1, "ok": True}
+        return switches
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_a_reader_waiting_in_poll_is_not_woken_when_the_daemon_reads_the_request():
+    # Every piece the peer reads frees room in the socket, and the kernel wakes whoever sleeps
+    # on it: a recv() for nothing, a poll() for POLLIN not (the Client waits in poll()).
+    assert _switches_while_the_peer_reads(wait_in_poll=False) >= 20
+    assert _switches_while_the_peer_reads(wait_in_poll=True) <= 3
