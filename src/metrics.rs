@@ -396,6 +396,11 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         "Single statements that waited on a shared connection and ran together with others.",
         COUNTER,
     );
+    let mut coalesced_groups = Family::new(
+        "qail_coalesced_groups_total",
+        "Runs of coalesced statements (statements per run = qail_coalesced_statements_total / this).",
+        COUNTER,
+    );
     for upstream in supervisor.all() {
         let name = upstream.name();
         let label = [("upstream", name)];
@@ -433,6 +438,7 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         grouped.push(&label, pool.grouped_statements as f64);
         reruns.push(&label, pool.grouped_reruns as f64);
         coalesced.push(&label, pool.coalesced_statements as f64);
+        coalesced_groups.push(&label, pool.coalesced_groups as f64);
     }
     [
         up,
@@ -453,6 +459,7 @@ fn sample(supervisor: &Supervisor) -> Vec<MetricFamily> {
         grouped,
         reruns,
         coalesced,
+        coalesced_groups,
     ]
     .into_iter()
     .map(|f| f.family)

@@ -117,8 +117,9 @@ pub struct PoolStats {
     pub grouped_statements: u64,
     pub grouped_reruns: u64,
     /// Single statements that queued on a shared connection and ran together with others
-    /// (see `pg::coalesce`).
+    /// (see `pg::coalesce`), and the runs they made: statements per run is the group size.
     pub coalesced_statements: u64,
+    pub coalesced_groups: u64,
 }
 
 /// How often the pool looks for idle connections past `idle_timeout_ms` or `max_lifetime_ms`:
@@ -185,6 +186,7 @@ pub struct GroupedCounters {
     pub statements: AtomicU64,
     pub reruns: AtomicU64,
     pub coalesced: AtomicU64,
+    pub coalesced_groups: AtomicU64,
 }
 
 /// Requests that may share one connection at once. tokio-postgres pipelines concurrent
@@ -700,6 +702,7 @@ impl Upstream {
             grouped_statements: self.grouped.statements.load(Ordering::Relaxed),
             grouped_reruns: self.grouped.reruns.load(Ordering::Relaxed),
             coalesced_statements: self.grouped.coalesced.load(Ordering::Relaxed),
+            coalesced_groups: self.grouped.coalesced_groups.load(Ordering::Relaxed),
         }
     }
 

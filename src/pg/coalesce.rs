@@ -172,10 +172,11 @@ async fn runner(lease: Lease, mut jobs: Vec<Job>) {
         jobs.retain(|job| !job.answer.is_closed());
         if !jobs.is_empty() {
             let results = run_jobs(&lease, &jobs).await;
-            lease
-                .grouped()
+            let counters = lease.grouped();
+            counters
                 .coalesced
-                .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            counters.coalesced_groups.fetch_add(1, Ordering::Relaxed);
             for (job, result) in jobs.drain(..).zip(results) {
                 // A waiter that went away meanwhile just drops its answer.
                 let _ = job.answer.send(result);

@@ -93,12 +93,22 @@ fn check(k: usize, i: usize, answer: &Value) {
 async fn concurrent_reads_on_a_shared_connection_run_together_and_each_gets_its_answer() {
     let db = TestDb::new().await;
     let daemon = one_connection(&db).await;
+    let before = daemon.scrape().await;
     let coalesced = four_clients_at_once(&daemon).await;
+    let after = daemon.scrape().await;
     let (_, pools) = daemon.get("/pools").await;
+    let pool = &pools["pools"][0];
     assert_eq!(
-        pools["pools"][0]["coalesced_statements"],
+        pool["coalesced_statements"],
         json!(coalesced as u64),
         "{pools}"
+    );
+    // Runs of them: at least one, and fewer than statements, since some ran as groups.
+    let groups = delta(&before, &after, "qail_coalesced_groups_total");
+    assert_eq!(pool["coalesced_groups"], json!(groups as u64), "{pools}");
+    assert!(
+        groups >= 1.0 && groups < coalesced,
+        "{groups} runs of {coalesced}"
     );
 }
 
