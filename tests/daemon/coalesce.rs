@@ -204,6 +204,13 @@ async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
     let mut leaver = daemon.connected().await;
     let mut stayer = daemon.connected().await;
     let backend = slow.scalar("SELECT pg_backend_pid()", json!([])).await;
+    // Prepared on the connection beforehand, so that behind the slow statement the others only
+    // queue: a request still preparing (or running alone) when its client leaves is abandoned,
+    // and the connection with it.
+    let left_behind = "SELECT $1::int AS left_behind";
+    let stayed = "SELECT $1::int + 100 AS stayed";
+    assert_eq!(leaver.scalar(left_behind, json!([0])).await, json!(0));
+    assert_eq!(stayer.scalar(stayed, json!([0])).await, json!(100));
     // The slow statement holds the connection; the others queue behind it.
     let slow_id = slow.next_id();
     slow.send(&json!({"id": slow_id, "op": "query", "sql": "SELECT true AS slept FROM pg_sleep($1::float8)", "params": [0.4]}))
@@ -212,11 +219,11 @@ async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
     for i in 0..5 {
         let id = leaver.next_id();
         leaver
-            .send(&json!({"id": id, "op": "query", "sql": "SELECT $1::int AS left_behind", "params": [i]}))
+            .send(&json!({"id": id, "op": "query", "sql": left_behind, "params": [i]}))
             .await;
     }
     let requests: Vec<Value> = (0..5)
-        .map(|i| json!({"op": "query", "sql": "SELECT $1::int + 100 AS stayed", "params": [i]}))
+        .map(|i| json!({"op": "query", "sql": stayed, "params": [i]}))
         .collect();
     let ids: Vec<i64> = (0..5).map(|_| stayer.next_id()).collect();
     for (id, request) in ids.iter().zip(&requests) {
