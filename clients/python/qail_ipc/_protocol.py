@@ -46,11 +46,36 @@ _unpack_header_from = HEADER.unpack_from
 
 loads: Callable[[Any], Any]
 
-_std_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_std_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _std_chunks() -> Optional[Callable[[Any, int], Any]]:
+    """The C encoder behind ``json.dumps``, made once.
+
+    ``JSONEncoder.encode`` makes a new C encoder for every call, which costs more than encoding
+    a small request. This one is made once with the same settings, without the circular
+    reference check (a self-containing request fails with ``RecursionError`` instead of
+    ``ValueError``); ``None`` where the C accelerator is missing.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return None
+    try:
+        return make(
+            None, _std_encoder.default, json.encoder.encode_basestring, None, ":", ",",
+            False, False, False,
+        )
+    except TypeError:  # pragma: no cover - another signature
+        return None
+
+
+_std_encode_chunks = _std_chunks()
 
 
 def _std_dumps(obj: Any) -> bytes:
-    return _std_encode(obj).encode("utf-8")
+    if _std_encode_chunks is None:  # pragma: no cover
+        return _std_encoder.encode(obj).encode("utf-8")
+    return "".join(_std_encode_chunks(obj, 0)).encode("utf-8")
 
 
 _std_scan = json.scanner.make_scanner(json.JSONDecoder())
@@ -199,7 +224,8 @@ class FrameReader:
     __slots__ = ("_buf", "_view", "_start", "_end", "_wait")
 
     def __init__(self, size: int = 64 * 1024, wait: Optional[Callable[[], Any]] = None) -> None:
-        self._buf = bytearray(size)
+        # At most LARGE_FRAME, so a frame read whole into it never needs the collector paused.
+        self._buf = bytearray(min(size, LARGE_FRAME))
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -207,6 +233,28 @@ class FrameReader:
 
     def read(self, sock: socket.socket) -> Any:
         """Reads one frame and returns the decoded JSON object."""
+        start, end = self._start, self._end
+        if start == end:
+            # Nothing pending, the usual case: one wait and one read bring a small answer whole.
+            if self._wait is not None:
+                self._wait()
+            start, end = 0, sock.recv_into(self._view)
+            if not end:
+                raise EOFError("the daemon closed the connection")
+            self._start, self._end = start, end
+        if end - start >= 4:
+            stop = start + 4 + _unpack_header_from(self._buf, start)[0]
+            if stop <= end:
+                if stop == end:
+                    self._start = self._end = 0
+                else:
+                    self._start = stop
+                # Within the buffer, so below LARGE_FRAME (see decode_body).
+                return loads(bytes(self._view[start + 4 : stop]))
+        return self._read_rest(sock)
+
+    def _read_rest(self, sock: socket.socket) -> Any:
+        """Reads one frame when the buffer does not hold it whole yet."""
         while self._end - self._start < 4:
             self._fill(sock)
         (length,) = _unpack_header_from(self._buf, self._start)

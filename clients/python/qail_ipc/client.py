@@ -49,6 +49,18 @@ _SOCKET_GRACE = 5.0
 
 _ALL_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
+#: Sends never raise SIGPIPE, even in a process that restored its default action.
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+class _PeerClosed(OperationalError):
+    """The daemon had closed the connection before a request was sent, so none of it ran.
+
+    A send to a Unix socket whose peer has closed fails at once (``EPIPE``), so an idle
+    connection the daemon dropped (it restarted, or shut down) is noticed by the next request
+    without a system call of its own; that request is then sent again on a new connection.
+    """
+
 
 def _reinit_after_fork() -> None:
     for client in list(_ALL_CLIENTS):
@@ -231,7 +243,12 @@ class _Base:
         return columns, decoders
 
     def _make_rows(self, response: Dict[str, Any]) -> Tuple[List[Column], List[Any]]:
-        columns, decoders = self._shape(response.get("columns"))
+        raw_columns = response.get("columns")
+        memo = self._shape_memo
+        if memo is not None and memo[0] == raw_columns:
+            columns, decoders = memo[1], memo[2]
+        else:
+            columns, decoders = self._shape(raw_columns)
         rows = response.get("rows") or []
         if decoders and not self.raw:
             apply_decoders(decoders, rows)
@@ -321,8 +338,11 @@ class _Base:
 
     @staticmethod
     def _statement_message(op: str, statement: Statement, params: Params = ()) -> Dict[str, Any]:
-        message: Dict[str, Any] = {"op": op}
-        _set_target(message, statement)
+        if type(statement) is Handle:
+            message: Dict[str, Any] = {"op": op, "handle": statement.name}
+        else:
+            message = {"op": op}
+            _set_target(message, statement)
         if params:
             message["params"] = encode_params(params)
         return message
@@ -470,13 +490,6 @@ class Client(_Base):
         if sock is not None:
             sock.close()
 
-    def _peer_closed(self) -> bool:
-        """Whether the daemon closed the idle connection (e.g. it restarted)."""
-        assert self._sock is not None and self._poller is not None
-        # Readable while idle: end of stream, or bytes nobody asked for. Either way the
-        # connection is of no further use.
-        return bool(self._poller.poll(0))
-
     def _exchange(self, message: Dict[str, Any]) -> Dict[str, Any]:
         """Sends one request and reads its answer. The lock must be held.
 
@@ -486,8 +499,8 @@ class Client(_Base):
         if sock is None:
             raise InterfaceError("not connected")
         request_id = self._stamp(message)
+        self._send_first(sock, encode_frame(message), message)
         try:
-            sock.sendall(encode_frame(message))
             response = self._reader.read(sock)
         except BaseException as exc:
             raise self._broken(exc, message, sock)
@@ -496,6 +509,21 @@ class Client(_Base):
         if response.get("ok"):
             return response
         raise from_wire(response.get("error"))
+
+    def _send_first(self, sock: socket.socket, frame: bytes, message: Dict[str, Any]) -> None:
+        """Sends the first frame of an exchange; raises :class:`_PeerClosed` when the daemon
+        had closed the connection (then nothing was sent)."""
+        try:
+            sock.sendall(frame, _SEND_FLAGS)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self._drop()
+            err = _PeerClosed(
+                "qail-daemon at %s had closed the connection before %r was sent: %s"
+                % (self.path, message.get("op"), exc)
+            )
+            raise err from exc
+        except BaseException as exc:
+            raise self._broken(exc, message, sock)
 
     def _broken(
         self, exc: BaseException, message: Dict[str, Any], sock: socket.socket
@@ -543,14 +571,14 @@ class Client(_Base):
         ahead = len(frames) > 1 and max(map(len, frames)) <= _SEND_AHEAD_MAX
         answers: List[Dict[str, Any]] = []
         message = messages[0]
+        self._send_first(sock, frames[0], message)
         try:
-            sock.sendall(frames[0])
             for k in range(len(frames)):
                 message = messages[k]
                 if k > 0 and not ahead:
-                    sock.sendall(frames[k])
+                    sock.sendall(frames[k], _SEND_FLAGS)
                 if ahead and k + 1 < len(frames):
-                    sock.sendall(frames[k + 1])
+                    sock.sendall(frames[k + 1], _SEND_FLAGS)
                 answers.append(self._reader.read(sock))
         except BaseException as exc:
             raise self._broken(exc, message, sock)
@@ -562,7 +590,12 @@ class Client(_Base):
     def _request(self, message: Dict[str, Any]) -> Dict[str, Any]:
         """Sends one request, (re)connecting first when needed."""
         with self._lock:
-            self._ready()
+            if self._sock is None or self._forked:
+                self._ready()
+            try:
+                return self._exchange(message)
+            except _PeerClosed:
+                self._reopen()
             return self._exchange(message)
 
     def _ready(self) -> None:
@@ -574,15 +607,20 @@ class Client(_Base):
             # descriptor leaves the parent's connection untouched.
             self._drop()
             self._in_transaction = False
-        if self._sock is None or self._peer_closed():
-            self._drop()
-            if self._in_transaction:
-                self._in_transaction = False
-                raise OperationalError(
-                    "the connection to qail-daemon was lost inside a transaction; "
-                    "the daemon rolled the transaction back"
-                )
-            self._open()
+        if self._sock is None:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Opens a new connection after the last one was lost or closed by the daemon. The
+        lock must be held."""
+        self._drop()
+        if self._in_transaction:
+            self._in_transaction = False
+            raise OperationalError(
+                "the connection to qail-daemon was lost inside a transaction; "
+                "the daemon rolled the transaction back"
+            )
+        self._open()
 
     def _run_chunks(self, statement: Statement, chunks: List[List[Params]]) -> List[Dict[str, Any]]:
         """Runs one ``pipeline`` request per chunk (see :meth:`pipeline`); the answers in order.
@@ -594,7 +632,11 @@ class Client(_Base):
             messages = [self._pipeline_message(statement, c, False, False) for c in chunks]
             with self._lock:
                 self._ready()
-                answers = self._exchange_all(messages)
+                try:
+                    answers = self._exchange_all(messages)
+                except _PeerClosed:
+                    self._reopen()
+                    answers = self._exchange_all(messages)
             errors = [(k, a.get("error") or {}) for k, a in enumerate(answers) if not a.get("ok")]
             if not errors:
                 return answers

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
+import sys
 import time
 
 import pytest
+from conftest import REPO
 
 import qail_ipc
 from qail_ipc import (
@@ -182,6 +185,36 @@ def test_unknown_handle_is_healed_after_daemon_restart(users):
     users.restart()
     assert [r.rows for r in client.batch([(handle, [1]), "SELECT 1"])] == [[("user1",)], [(1,)]]
     client.close()
+
+
+def test_a_connection_closed_while_idle_is_found_by_the_next_send(users):
+    """No probe per request: the next request's send fails at once on a Unix socket the daemon
+    closed (EPIPE), so nothing of it ran, and it is sent again on a new connection. The send
+    never raises SIGPIPE, so a process that restored SIGPIPE's default action survives it."""
+    script = (
+        "import signal, sys\n"
+        "import qail_ipc\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n"
+        "client = qail_ipc.connect(sys.argv[1], upstream='main')\n"
+        "print(client.query('SELECT 1')[0][0], flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(client.query('SELECT 2')[0][0], flush=True)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "clients" / "python"))
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, users.socket],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert child.stdout.readline().strip() == "1"
+        users.restart()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert out.strip() == "2"
 
 
 def test_forged_handle_is_unknown(client):

@@ -159,6 +159,26 @@ def test_stdlib_loads_takes_what_json_loads_takes_and_fails_like_it():
         assert str(std.value) == str(ref.value), body
 
 
+def test_stdlib_dumps_encodes_like_json_dumps_and_fails_like_it():
+    # The standard-library encoder reuses one C encoder instead of making one per call; the
+    # bytes and the errors must be those of json.dumps with the same settings.
+    def reference(obj):
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+    values = [
+        {"id": 1, "op": "query", "params": [10, "x", None, True, 2.5, -0.0, 2**70, "é\"\\\n"]},
+        {"nested": {"a": [[], {}, [1, [2, [3]]]]}, "": ""},
+        [1, "two", 3.0], "text", 12, None,
+    ]
+    for obj in values:
+        assert _protocol._std_dumps(obj) == reference(obj), obj
+    # The encoder is reused: an error half-way leaves nothing behind for the next call.
+    for bad, error in [({"x": float("nan")}, ValueError), ({"x": object()}, TypeError)]:
+        with pytest.raises(error):
+            _protocol._std_dumps(bad)
+        assert _protocol._std_dumps({"after": [1]}) == b'{"after":[1]}'
+
+
 def test_big_integers_are_encoded():
     assert _protocol.loads(encode_frame({"n": 2**80})[4:]) == {"n": 2**80}
 
