@@ -113,6 +113,19 @@ impl TryFrom<tokio::net::UnixStream> for UnixConn {
 }
 
 impl UnixRead {
+    /// Whether the peer has closed its end entirely. A peer that only shut down its writing
+    /// side (the end of the stream, read as EOF) can still read what is written to it; one that
+    /// closed cannot. Told apart by `POLLHUP`, which a Unix socket reports only in the second
+    /// case.
+    pub fn peer_closed(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.io.get_ref().as_fd(), PollFlags::empty())];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+    }
+
     fn poll_read_priv(
         &mut self,
         cx: &mut Context<'_>,
@@ -294,6 +307,25 @@ mod tests {
             .into_iter()
             .map(|(fd, mask)| (fd, mask & EPOLLIN != 0, mask & EPOLLOUT != 0))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_is_told_apart_from_one_that_only_stopped_writing() {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        let (mut read, mut write) = UnixConn::new(ours).unwrap().into_split();
+        assert!(!read.peer_closed());
+        // Shut down for writing: the end of the stream, but answers can still be read.
+        theirs.shutdown(Shutdown::Write).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(read.read(&mut buf).await.unwrap(), 0);
+        assert!(!read.peer_closed());
+        write.write_all(b"answer").await.unwrap();
+        let mut got = [0u8; 6];
+        (&theirs).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"answer");
+        // Closed: gone for good.
+        drop(theirs);
+        assert!(read.peer_closed());
     }
 
     #[tokio::test]

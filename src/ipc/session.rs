@@ -229,7 +229,18 @@ impl Session {
                             tracing::debug!(error = %e, "client read failed");
                             reading = false;
                         }
-                        None => reading = false,
+                        None => {
+                            // The end of the stream. A client that only shut down its writing
+                            // side still reads its answers; one that closed the connection
+                            // never will, so its requests are dropped now (`ops::Unfinished`):
+                            // none still waiting for a connection or in a coalescing queue
+                            // starts work for nobody later.
+                            if frames.get_ref().peer_closed() {
+                                tracing::debug!(in_flight = in_flight.len(), "client closed the connection");
+                                break;
+                            }
+                            reading = false;
+                        }
                     }
                 }
                 else => break,

@@ -189,6 +189,32 @@ async fn fifty_pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_writing_still_gets_its_answers() {
+    // Shutting down the writing side ends the requests, not the answers: what was sent runs
+    // and is answered, and then the daemon closes. (A client that closes the connection
+    // instead has its requests dropped at once: `coalesce.rs`, the leaver test.)
+    let db = TestDb::new().await;
+    let daemon = db.daemon().await;
+    let mut c = daemon.connected().await;
+    for i in 0..5 {
+        let id = c.next_id();
+        c.send(&json!({
+            "id": id,
+            "op": "query",
+            "sql": "SELECT $1::int AS n FROM pg_sleep(0.05)",
+            "params": [i],
+        }))
+        .await;
+    }
+    c.shutdown_write().await;
+    for i in 0..5 {
+        let answer = c.recv().await;
+        assert_eq!(answer["rows"], json!([[i]]), "{answer}");
+    }
+    c.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_share_one_handle() {
     let db = TestDb::new().await;
     db.setup("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10);")

@@ -94,6 +94,15 @@ impl RawClient {
             .expect("the daemon closed the connection instead of answering")
     }
 
+    /// Shuts down the writing side only (half-close): the daemon sees the end of the stream,
+    /// while this client can still read.
+    pub async fn shutdown_write(&mut self) {
+        self.stream
+            .shutdown()
+            .await
+            .expect("shutting down the writing side failed");
+    }
+
     /// Asserts that the daemon closes the connection (no further frame arrives).
     pub async fn expect_closed(&mut self) {
         if let Some(frame) = self.try_recv().await {
