@@ -221,8 +221,9 @@ pub struct Lease {
     up: Arc<Upstream>,
     /// The request's turn among shared requests (`None` for the daemon's own extra shares).
     _turn: Option<OwnedSemaphorePermit>,
-    /// The request's statement waits in the connection's coalescing queue (`pg::coalesce`).
-    queued: AtomicBool,
+    /// The request only waits: its statement is in the connection's coalescing queue
+    /// (`pg::coalesce`), or being prepared.
+    waiting: AtomicBool,
 }
 
 impl std::ops::Deref for Lease {
@@ -246,19 +247,21 @@ impl Lease {
             lane: self.lane.clone(),
             up: self.up.clone(),
             _turn: None,
-            queued: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
         }
     }
 
-    /// Whether the request's statement only waits in the coalescing queue: nothing of it is in
-    /// PostgreSQL that the queue's runner will not finish cleanly.
-    pub fn is_queued(&self) -> bool {
-        self.queued.load(Ordering::Relaxed)
+    /// Whether the request only waits, so dropping it leaves nothing in PostgreSQL to cancel:
+    /// its statement is in the coalescing queue (the queue's runner skips or finishes it
+    /// cleanly), or being prepared (a Parse and Describe change nothing anyone could see, and
+    /// tokio-postgres reads their answer even when nobody waits for it).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Marks the request's statement as waiting in the coalescing queue, or no longer.
-    pub fn set_queued(&self, queued: bool) {
-        self.queued.store(queued, Ordering::Relaxed);
+    /// Marks the request as only waiting (see [`Lease::is_waiting`]), or no longer.
+    pub fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
     }
 
     pub fn grouped(&self) -> &GroupedCounters {
@@ -549,7 +552,7 @@ impl Upstream {
             lane,
             up: self.clone(),
             _turn: Some(turn),
-            queued: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
         }
     }
 
@@ -564,7 +567,7 @@ impl Upstream {
             lane,
             up: self.clone(),
             _turn: Some(turn),
-            queued: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
         }
     }
 

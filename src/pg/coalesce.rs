@@ -17,7 +17,7 @@
 //! - The runner is a task of its own holding a share of the connection, never the future of a
 //!   client's request: a client that disconnects while its statement waits or runs cannot
 //!   strand the others queued behind it. A statement whose request went away before its group
-//!   started is not run, and the connection stays in the pool (the request is marked queued on
+//!   started is not run, and the connection stays in the pool (the request is marked waiting on
 //!   its `Lease`, so `ops::Unfinished` does not abandon the connection).
 //! - The gate's lock is held for queue operations only, never across an await.
 
@@ -120,9 +120,9 @@ pub async fn run(lease: &Lease, work: Work) -> Result<Outcome, Error> {
         Ok(work) => work,
         Err(waiting) => {
             // Dropped while waiting here, the request abandons nothing (`ops::Unfinished`).
-            lease.set_queued(true);
+            lease.set_waiting(true);
             let answer = waiting.await;
-            lease.set_queued(false);
+            lease.set_waiting(false);
             return answer.unwrap_or_else(|_| {
                 Err(Error::new(
                     Code::UpstreamUnavailable,

@@ -173,7 +173,17 @@ pub async fn run_one(
     in_transaction: bool,
     shared: Option<&Lease>,
 ) -> Result<(Arc<Entry>, Statement, Outcome), Error> {
-    let (entry, stmt) = prepare_on(up, conn, target).await?;
+    let (entry, stmt) = match shared {
+        // On a shared connection a request dropped while its statement is prepared abandons
+        // nothing (`Lease::is_waiting`).
+        Some(lease) => {
+            lease.set_waiting(true);
+            let prepared = prepare_on(up, conn, target).await;
+            lease.set_waiting(false);
+            prepared?
+        }
+        None => prepare_on(up, conn, target).await?,
+    };
     let text = convert_params(&stmt, params)?;
     let first = match shared {
         Some(lease) if !in_transaction && burst::eligible(&entry.class) => {

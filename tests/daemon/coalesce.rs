@@ -205,8 +205,8 @@ async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
     let mut stayer = daemon.connected().await;
     let backend = slow.scalar("SELECT pg_backend_pid()", json!([])).await;
     // Prepared on the connection beforehand, so that behind the slow statement the others only
-    // queue: a request still preparing (or running alone) when its client leaves is abandoned,
-    // and the connection with it.
+    // queue (a request still preparing when its client leaves abandons nothing either: the
+    // next test).
     let left_behind = "SELECT $1::int AS left_behind";
     let stayed = "SELECT $1::int + 100 AS stayed";
     assert_eq!(leaver.scalar(left_behind, json!([0])).await, json!(0));
@@ -246,6 +246,40 @@ async fn a_client_leaving_while_its_reads_wait_does_not_disturb_the_others() {
     assert_eq!(
         stayer.scalar("SELECT pg_backend_pid()", json!([])).await,
         backend
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_its_statement_is_prepared_does_not_cost_the_connection() {
+    let db = TestDb::new().await;
+    let daemon = one_connection(&db).await;
+    let mut slow = warm_client(&daemon).await;
+    let backend = slow.scalar("SELECT pg_backend_pid()", json!([])).await;
+    let slow_id = slow.next_id();
+    slow.send(&json!({"id": slow_id, "op": "query", "sql": "SELECT true AS slept FROM pg_sleep($1::float8)", "params": [0.6]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // A statement the daemon has not seen: its Parse waits in PostgreSQL behind the sleep on
+    // the one connection, and its client leaves meanwhile.
+    let mut leaver = daemon.connected().await;
+    let id = leaver.next_id();
+    leaver
+        .send(&json!({"id": id, "op": "query", "sql": "SELECT $1::int AS first_seen_here", "params": [1]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(leaver);
+    let answer = slow.recv().await;
+    assert_eq!(answer["rows"], json!([[true]]), "{answer}");
+    // Preparing has no effect anyone could see, and tokio-postgres reads the answer to a
+    // Parse nobody waits for: the connection was neither cancelled nor dropped.
+    assert_eq!(
+        slow.scalar("SELECT pg_backend_pid()", json!([])).await,
+        backend
+    );
+    assert_eq!(
+        slow.scalar("SELECT $1::int AS first_seen_here", json!([2]))
+            .await,
+        json!(2)
     );
 }
 

@@ -202,9 +202,10 @@ pub async fn run_sql(
 /// half-way — its client left, or the shutdown grace period ended — and PostgreSQL may still be
 /// running its statement: the connection is marked abandoned (the pool discards it) and the
 /// statement is cancelled, at once on a connection of its own, or when the last request sharing
-/// the connection has let go of it (a cancel hits whatever the connection runs). A request
-/// whose statement only waits in a coalescing queue abandons nothing: the runner drops it, or
-/// finishes the group it is in (`pg::coalesce`).
+/// the connection has let go of it (a cancel hits whatever the connection runs). A request on
+/// a shared connection that only waits abandons nothing (`upstream::Lease::is_waiting`): its
+/// statement is in a coalescing queue, whose runner drops it or finishes the group it is in
+/// (`pg::coalesce`), or is being prepared.
 pub(super) struct Unfinished<'a> {
     up: &'a Upstream,
     conn: &'a PgConn,
@@ -231,7 +232,7 @@ impl<'a> Unfinished<'a> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if !self.armed || self.shared.is_some_and(Lease::is_queued) {
+        if !self.armed || self.shared.is_some_and(Lease::is_waiting) {
             return;
         }
         tracing::debug!("request abandoned before its work ended; cancelling it in PostgreSQL");
