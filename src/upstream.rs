@@ -259,9 +259,13 @@ impl Lease {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Marks the request as only waiting (see [`Lease::is_waiting`]), or no longer.
-    pub fn set_waiting(&self, waiting: bool) {
-        self.waiting.store(waiting, Ordering::Relaxed);
+    /// Awaits `work` with the request marked as only waiting (see [`Lease::is_waiting`]); a
+    /// request dropped meanwhile stays marked.
+    pub async fn waiting_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.waiting.store(true, Ordering::Relaxed);
+        let out = work.await;
+        self.waiting.store(false, Ordering::Relaxed);
+        out
     }
 
     pub fn grouped(&self) -> &GroupedCounters {

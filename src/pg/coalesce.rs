@@ -120,10 +120,7 @@ pub async fn run(lease: &Lease, work: Work) -> Result<Outcome, Error> {
         Ok(work) => work,
         Err(waiting) => {
             // Dropped while waiting here, the request abandons nothing (`ops::Unfinished`).
-            lease.set_waiting(true);
-            let answer = waiting.await;
-            lease.set_waiting(false);
-            return answer.unwrap_or_else(|_| {
+            return lease.waiting_on(waiting).await.unwrap_or_else(|_| {
                 Err(Error::new(
                     Code::UpstreamUnavailable,
                     "the connection running this statement together with others was lost",

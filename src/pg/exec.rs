@@ -176,12 +176,7 @@ pub async fn run_one(
     let (entry, stmt) = match shared {
         // On a shared connection a request dropped while its statement is prepared abandons
         // nothing (`Lease::is_waiting`).
-        Some(lease) => {
-            lease.set_waiting(true);
-            let prepared = prepare_on(up, conn, target).await;
-            lease.set_waiting(false);
-            prepared?
-        }
+        Some(lease) => lease.waiting_on(prepare_on(up, conn, target)).await?,
         None => prepare_on(up, conn, target).await?,
     };
     let text = convert_params(&stmt, params)?;
