@@ -29,6 +29,11 @@ use crate::values::{param_text, type_name, write_json_str, write_value, RawCell,
 /// How long a cancelled statement may take to wind down before its connection is discarded.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
+/// How often the cancel is sent again while the cancelled work goes on. PostgreSQL ignores a
+/// cancel that reaches a backend waiting for its next message (a burst not written yet, the
+/// gap between two statements), so one cancel can miss a request that then runs on.
+const CANCEL_RESEND: Duration = Duration::from_millis(250);
+
 /// The catalogue entry a request names, if the catalogue has it. A handle that is not there is
 /// an error; SQL that is not there is `None` (it will be prepared).
 pub fn lookup(up: &Upstream, target: Target<'_>) -> Result<Option<Arc<Entry>>, Error> {
@@ -279,8 +284,10 @@ pub enum Bounded<T> {
 }
 
 /// Runs `work` (which uses `conn`) with an optional time limit. On expiry a cancel request is
-/// sent to PostgreSQL and the work is allowed to wind down, so the connection is idle again (or
-/// known broken) before anyone reuses it.
+/// sent to PostgreSQL, again every `CANCEL_RESEND` while the work goes on, and the work is
+/// allowed to wind down, so the connection is idle again (or known broken) before anyone reuses
+/// it. A connection that needed more than one cancel is discarded even when the work wound
+/// down: a cancel sent last may still reach it after the next request started.
 pub async fn bounded<T>(
     limit: Option<Duration>,
     conn: &PgConn,
@@ -293,10 +300,24 @@ pub async fn bounded<T>(
     match tokio::time::timeout(limit, work.as_mut()).await {
         Ok(result) => Bounded::Done(result),
         Err(_) => {
-            if let Err(e) = conn.cancel_query().await {
-                tracing::warn!(error = %e.describe(), "could not send a cancel request to PostgreSQL");
-            }
-            let clean = tokio::time::timeout(CANCEL_GRACE, work).await.is_ok();
+            let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+            let mut sent = 0;
+            let clean = loop {
+                if let Err(e) = conn.cancel_query().await {
+                    tracing::warn!(error = %e.describe(), "could not send a cancel request to PostgreSQL");
+                }
+                sent += 1;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if tokio::time::timeout(CANCEL_RESEND.min(left), work.as_mut())
+                    .await
+                    .is_ok()
+                {
+                    break sent == 1;
+                }
+                if left <= CANCEL_RESEND {
+                    break false;
+                }
+            };
             conn.forget_cancel();
             Bounded::TimedOut { limit, clean }
         }
