@@ -428,7 +428,8 @@ impl Upstream {
             // A zero timeout still polls the checkout once: an idle connection is returned
             // synchronously by that poll, otherwise nothing is free.
             let started = Instant::now();
-            match tokio::time::timeout(Duration::ZERO, self.pool.get_owned()).await {
+            let get = Box::pin(self.pool.get_owned());
+            match tokio::time::timeout(Duration::ZERO, get).await {
                 Ok(Ok(conn)) => {
                     if let Some(h) = &self.checkout_wait {
                         h.observe(started.elapsed().as_secs_f64());
@@ -489,10 +490,9 @@ impl Upstream {
         self.admit()?;
         let turn = match self.turns.clone().try_acquire_owned() {
             Ok(turn) => turn,
-            Err(_) => match self.queued(self.turns.clone().acquire_owned()).await {
-                Some(Ok(turn)) => turn,
-                _ => return Err(self.pool_timeout()),
-            },
+            // Waiting is the rare path, and its futures are large: boxed, so that every
+            // request's future does not carry room for them.
+            Err(_) => Box::pin(self.wait_for_turn()).await?,
         };
         // A coalescable statement first joins a lane whose group is just starting: it runs in
         // the next group there, where it costs PostgreSQL a fraction of a statement of its own.
@@ -504,6 +504,20 @@ impl Upstream {
         if let Some(conn) = self.checkout_idle(1).await.pop() {
             return Ok(self.open_lane(conn, turn));
         }
+        Box::pin(self.lease_when_free(turn)).await
+    }
+
+    /// A turn among shared requests, waited for in arrival order.
+    async fn wait_for_turn(&self) -> Result<OwnedSemaphorePermit, Error> {
+        match self.queued(self.turns.clone().acquire_owned()).await {
+            Some(Ok(turn)) => Ok(turn),
+            _ => Err(self.pool_timeout()),
+        }
+    }
+
+    /// `lease` with no idle connection and no group to join: the first of a connection of its
+    /// own and room on a lane.
+    async fn lease_when_free(self: &Arc<Self>, turn: OwnedSemaphorePermit) -> Result<Lease, Error> {
         // One place in the queue for a connection, kept while room on lanes is looked for.
         let slot = self.take_slot();
         tokio::pin!(slot);
@@ -602,7 +616,8 @@ impl Upstream {
     /// served, waiting at most `checkout_timeout_ms`.
     pub async fn checkout(&self) -> Result<Checkout, Error> {
         let _exclusive = Waiting::start(&self.exclusive_waiting);
-        let conn = self.take_slot().await;
+        // Boxed: bb8's checkout future is large, and most requests lease instead.
+        let conn = Box::pin(self.take_slot()).await;
         // Shared requests held back while this one waited may use lanes again.
         self.room.notify_waiters();
         conn

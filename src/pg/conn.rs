@@ -100,7 +100,8 @@ impl PgConn {
         if let Some((_, stmt)) = self.statements().get(&entry.id) {
             return Ok(stmt.clone());
         }
-        let stmt = self.client.prepare(&entry.sql).await?;
+        // A miss is rare and tokio-postgres' prepare future large: boxed (see `exec::bounded`).
+        let stmt = Box::pin(self.client.prepare(&entry.sql)).await?;
         self.adopt(entry, stmt.clone());
         Ok(stmt)
     }

@@ -7,7 +7,7 @@
 //! independent. Rows are encoded from PostgreSQL's binary values straight into the response
 //! buffer — no intermediate JSON tree.
 
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,7 +78,7 @@ pub async fn prepare_on(
             Ok((entry, stmt))
         }
         (None, Target::Sql(sql)) => {
-            let stmt = conn.client.prepare(sql).await?;
+            let stmt = Box::pin(conn.client.prepare(sql)).await?;
             let entry = up.catalog.insert(sql, Shape::of(&stmt));
             conn.adopt(&entry, stmt.clone());
             Ok((entry, stmt))
@@ -210,16 +210,27 @@ pub async fn run_one(
             if in_transaction {
                 return Err(e);
             }
-            tracing::debug!(handle = %entry.handle, "statement went stale; preparing again");
-            let stmt = conn.statement(&entry).await?;
-            entry.set_shape(Shape::of(&stmt));
-            let text = convert_params(&stmt, params)?;
-            let outcome = run_raw(&conn.client, &stmt, &text, keep_rows)
-                .await
-                .map_err(|e| after_failure(conn, e))?;
-            Ok((entry, stmt, outcome))
+            Box::pin(run_again(conn, entry, params, keep_rows)).await
         }
     }
+}
+
+/// `run_one` after its statement went stale (its definition changed): prepares it again and
+/// runs it once more. Rare, so boxed: every request's future does not carry room for it.
+async fn run_again(
+    conn: &PgConn,
+    entry: Arc<Entry>,
+    params: &[&RawValue],
+    keep_rows: bool,
+) -> Result<(Arc<Entry>, Statement, Outcome), Error> {
+    tracing::debug!(handle = %entry.handle, "statement went stale; preparing again");
+    let stmt = conn.statement(&entry).await?;
+    entry.set_shape(Shape::of(&stmt));
+    let text = convert_params(&stmt, params)?;
+    let outcome = run_raw(&conn.client, &stmt, &text, keep_rows)
+        .await
+        .map_err(|e| after_failure(conn, e))?;
+    Ok((entry, stmt, outcome))
 }
 
 fn after_failure(conn: &PgConn, e: tokio_postgres::Error) -> Error {
@@ -288,40 +299,52 @@ pub enum Bounded<T> {
 /// allowed to wind down, so the connection is idle again (or known broken) before anyone reuses
 /// it. A connection that needed more than one cancel is discarded even when the work wound
 /// down: a cancel sent last may still reach it after the next request started.
+///
+/// `work` comes pinned by the caller: a future passed by value would be stored twice, once as
+/// the argument and once as the pinned local.
 pub async fn bounded<T>(
     limit: Option<Duration>,
     conn: &PgConn,
-    work: impl std::future::Future<Output = Result<T, Error>>,
+    mut work: Pin<&mut impl std::future::Future<Output = Result<T, Error>>>,
 ) -> Bounded<T> {
     let Some(limit) = limit else {
         return Bounded::Done(work.await);
     };
-    let mut work = pin!(work);
     match tokio::time::timeout(limit, work.as_mut()).await {
         Ok(result) => Bounded::Done(result),
-        Err(_) => {
-            let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
-            let mut sent = 0;
-            let clean = loop {
-                if let Err(e) = conn.cancel_query().await {
-                    tracing::warn!(error = %e.describe(), "could not send a cancel request to PostgreSQL");
-                }
-                sent += 1;
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if tokio::time::timeout(CANCEL_RESEND.min(left), work.as_mut())
-                    .await
-                    .is_ok()
-                {
-                    break sent == 1;
-                }
-                if left <= CANCEL_RESEND {
-                    break false;
-                }
-            };
-            conn.forget_cancel();
-            Bounded::TimedOut { limit, clean }
-        }
+        // Rare, and its futures (a cancel request connects to PostgreSQL) are large: boxed, so
+        // every request's future does not carry room for them.
+        Err(_) => Box::pin(cancel_and_settle(limit, conn, work)).await,
     }
+}
+
+/// After `bounded`'s limit expired: cancels the statement, again every `CANCEL_RESEND`, until
+/// `work` winds down or `CANCEL_GRACE` ends.
+async fn cancel_and_settle<T>(
+    limit: Duration,
+    conn: &PgConn,
+    mut work: Pin<&mut impl std::future::Future<Output = Result<T, Error>>>,
+) -> Bounded<T> {
+    let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+    let mut sent = 0;
+    let clean = loop {
+        if let Err(e) = conn.cancel_query().await {
+            tracing::warn!(error = %e.describe(), "could not send a cancel request to PostgreSQL");
+        }
+        sent += 1;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if tokio::time::timeout(CANCEL_RESEND.min(left), work.as_mut())
+            .await
+            .is_ok()
+        {
+            break sent == 1;
+        }
+        if left <= CANCEL_RESEND {
+            break false;
+        }
+    };
+    conn.forget_cancel();
+    Bounded::TimedOut { limit, clean }
 }
 
 /// The error a timed-out request answers with.

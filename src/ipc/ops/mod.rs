@@ -6,6 +6,7 @@ pub mod session_ops;
 pub mod statements;
 pub mod transaction;
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,19 +164,21 @@ pub async fn run_sql(
     };
     let in_tx = failed.is_some();
     let unfinished = Unfinished::new(up, conn, shared);
-    let work = async {
+    // The single-statement ops run inline; the others are boxed, so that the future of every
+    // request (`ipc::session`) does not carry room for the largest op's.
+    let work = pin!(async {
         match op {
-            Op::Prepare => statements::prepare(up, conn, req, reply).await,
             Op::Query => statements::query(up, conn, in_tx, req, reply, true, shared).await,
             Op::Execute => statements::query(up, conn, in_tx, req, reply, false, shared).await,
-            Op::Pipeline => pipeline::pipeline(up, conn, in_tx, req, reply).await,
-            Op::Batch => pipeline::batch(up, conn, in_tx, req, reply).await,
+            Op::Prepare => Box::pin(statements::prepare(up, conn, req, reply)).await,
+            Op::Pipeline => Box::pin(pipeline::pipeline(up, conn, in_tx, req, reply)).await,
+            Op::Batch => Box::pin(pipeline::batch(up, conn, in_tx, req, reply)).await,
             _ => Err(Error::new(
                 Code::Internal,
                 format!("{} is not a SQL op", op.as_str()),
             )),
         }
-    };
+    });
     let result = match bounded(limit, conn, work).await {
         Bounded::Done(result) => result,
         Bounded::TimedOut { limit, clean } => {
@@ -240,5 +243,42 @@ impl Drop for Unfinished<'_> {
         if self.shared.is_none() {
             self.up.spawn(self.conn.cancel_in_background());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::ipc::request::parse;
+    use crate::metrics::Metrics;
+    use crate::supervisor::Supervisor;
+
+    /// Every request's future is boxed while it is in flight (`ipc::session`); what only rare
+    /// paths need (waiting for the pool, cancelling, preparing, the multi-statement ops) is
+    /// boxed on its own, so that a plain query does not allocate and copy room for them.
+    #[tokio::test]
+    async fn a_request_future_carries_no_room_for_rare_paths() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [ipc]
+            socket = "/tmp/qail-ops-unit/q.sock"
+            [[upstreams]]
+            name = "main"
+            user = "app"
+            password = "pw"
+            "#,
+            &HashMap::new(),
+        )
+        .unwrap();
+        let supervisor = Supervisor::without_workers(&cfg, Arc::new(Metrics::new().unwrap()));
+        let up = supervisor.get("main").unwrap();
+        let req = parse(br#"{"id":1,"op":"query","sql":"SELECT 1"}"#).unwrap();
+        let mut reply = Reply::new(None);
+        let work = run_sql(Op::Query, &up, None, &req, None, &mut reply);
+        let size = std::mem::size_of_val(&work);
+        assert!(size <= 4096, "run_sql's future takes {size} bytes");
     }
 }

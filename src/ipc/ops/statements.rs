@@ -78,7 +78,7 @@ pub async fn query(
         reply.str_field("command", &entry.class.tag(outcome.affected));
     }
     if !in_transaction && entry.class.leaves_session_state {
-        conn.reset_session().await?;
+        Box::pin(conn.reset_session()).await?;
     }
     Ok(())
 }
