@@ -4,11 +4,14 @@
 //! get their own cluster.
 //!
 //! One binary on purpose: one cluster per `cargo test`, which keeps the suite quick on two cores.
+//! `allocations` needs no cluster: it counts the catalogue's allocations with this binary's
+//! global allocator.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod admin;
+mod allocations;
 mod catalog;
 mod coalesce;
 mod errors;
