@@ -5,7 +5,7 @@
 //!
 //! One binary on purpose: one cluster per `cargo test`, which keeps the suite quick on two cores.
 //! `allocations` needs no cluster: it counts the catalogue's allocations with this binary's
-//! global allocator.
+//! global allocator, and measures a query's future.
 
 #[path = "../support/mod.rs"]
 mod support;
