@@ -159,14 +159,19 @@ def cpu_markdown(results: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    reps = results["settings"]["reps"]
+    settings = results["settings"]
+    reps = settings["reps"]
+    multi_reps = settings.get("multi_reps", reps)
+    more = (f" ({multi_reps} for the {settings['processes']}-process modes, whose figures swing "
+            "the most between runs)" if multi_reps != reps else "")
     lines = [
         f"### Throughput: the seed's workload, median of {reps} run(s) of "
-        f"{results['settings']['duration']:g} s each",
+        f"{settings['duration']:g} s each",
         "",
         "`SELECT id, name FROM users LIMIT $1`, parameters cycling 10, 5, 1 (5.33 rows per query "
         "on average), every row fetched into Python objects unless marked count only. "
-        "Ratios are to the native tokio-postgres ceiling measured in the same run.",
+        f"Ratios are to the native tokio-postgres ceiling measured in the same run. Repetitions "
+        f"of all modes are interleaved{more}.",
         "",
         "| Mode | Queries/s | vs native | p50 | p99 | Rows/query | Notes |",
         "|---|---:|---:|---:|---:|---:|---|",

@@ -299,6 +299,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="smoke run (~2 minutes): 1 repetition of 1.5 s, 2,000 idle "
                              "connections; results go to compare-quick.*")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per mode (median)")
+    parser.add_argument("--multi-reps", type=int, default=5,
+                        help="repetitions of the multi-process modes (at least --reps): their "
+                             "figures swing the most from one run to the next on a shared "
+                             "machine, and their median wants more samples")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run")
     parser.add_argument("--modes", default="",
@@ -328,8 +332,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="output directory")
     args = parser.parse_args(argv)
     if args.quick:
-        args.reps, args.duration, args.warmup = 1, 1.5, 0.5
+        args.reps, args.multi_reps, args.duration, args.warmup = 1, 1, 1.5, 0.5
         args.connections = min(args.connections, 2_000)
+    args.multi_reps = max(args.multi_reps, args.reps)
     return args
 
 
@@ -411,7 +416,8 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python3 benches/compare/run.py " + " ".join(argv),
-        "settings": {"reps": args.reps, "duration": args.duration, "warmup": args.warmup,
+        "settings": {"reps": args.reps, "multi_reps": args.multi_reps,
+                     "duration": args.duration, "warmup": args.warmup,
                      "pool": args.pool, "processes": args.processes,
                      "native_depth": args.native_depth, "quick": args.quick,
                      "profile": args.profile, "nofile_limit": f"{soft}/{hard}"},
@@ -558,14 +564,20 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
             raise ValueError(err.strip() or f"exit status {code}")
         return json.loads(out.strip().splitlines()[-1])
 
-    total = len(runnable) * args.reps
-    log(f"==> {len(runnable)} modes x {args.reps} repetition(s), "
-        f"{args.warmup:g} s warm-up + {args.duration:g} s each, interleaved")
+    def reps(m: Mode) -> int:
+        return args.multi_reps if m.group == MULTI else args.reps
+
+    total = sum(reps(m) for m in runnable)
+    log(f"==> {len(runnable)} modes x {args.reps} repetition(s) ({args.multi_reps} for the "
+        f"multi-process modes), {args.warmup:g} s warm-up + {args.duration:g} s each, "
+        "interleaved")
     n = 0
-    for rep in range(args.reps):
+    for rep in range(max(map(reps, runnable), default=0)):
         for m in runnable:
+            if rep >= reps(m):
+                continue
             n += 1
-            print(f"[{n:3d}/{total}  {run.elapsed()}] rep {rep + 1}/{args.reps}  "
+            print(f"[{n:3d}/{total}  {run.elapsed()}] rep {rep + 1}/{reps(m)}  "
                   f"{m.label[:52]:<52}", end=" ", flush=True)
             try:
                 measured = measure(m)
