@@ -11,13 +11,13 @@ pub mod reply;
 pub mod request;
 pub mod session;
 
+use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -377,16 +377,15 @@ pub async fn serve(
             .clients
             .register(n, info.clone(), shared.metrics.clone());
         let session = session::Session::new(shared.clone(), id, info, cancel.clone());
-        tracker.spawn(
-            async move {
-                tracing::debug!("client connected");
-                session.run(stream).await;
-                tracing::debug!("client disconnected");
-                drop(registered);
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        span.in_scope(|| tracing::debug!("client connected"));
+        // A combinator rather than an async block, which would keep the session a second time
+        // beside the future that owns it, for as long as the client stays.
+        let task = session.run(stream).map(move |()| {
+            tracing::debug!("client disconnected");
+            drop(registered);
+            drop(permit);
+        });
+        tracker.spawn(task.instrument(span));
     }
     shared.accepting.store(false, Ordering::Relaxed);
     tracing::debug!("accept loop stopped");
