@@ -581,12 +581,7 @@ impl Upstream {
             gate: Gate::default(),
         });
         self.lanes().push(lane.clone());
-        Lease {
-            lane,
-            up: self.clone(),
-            _turn: Some(turn),
-            waiting: AtomicBool::new(false),
-        }
+        self.joined(lane, turn)
     }
 
     /// Refuses new work on a paused or removed upstream.
