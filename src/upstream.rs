@@ -426,7 +426,8 @@ impl Upstream {
                 Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => break,
             };
             // A zero timeout still polls the checkout once: an idle connection is returned
-            // synchronously by that poll, otherwise nothing is free.
+            // synchronously by that poll, otherwise nothing is free. bb8's future is large:
+            // boxed, so that a request's future carries no room for it.
             let started = Instant::now();
             let get = Box::pin(self.pool.get_owned());
             match tokio::time::timeout(Duration::ZERO, get).await {

@@ -100,7 +100,8 @@ impl PgConn {
         if let Some((_, stmt)) = self.statements().get(&entry.id) {
             return Ok(stmt.clone());
         }
-        // A miss is rare and tokio-postgres' prepare future large: boxed (see `exec::bounded`).
+        // A miss is rare and tokio-postgres' prepare future large: boxed, so that the futures
+        // of the requests that hit carry no room for it.
         let stmt = Box::pin(self.client.prepare(&entry.sql)).await?;
         self.adopt(entry, stmt.clone());
         Ok(stmt)
