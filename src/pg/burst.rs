@@ -38,13 +38,14 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_protocol::IsNull;
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::Statement;
+use tokio_postgres::{Column, Statement};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::catalog::Entry;
 use crate::error::{Code, Error, ServerError};
+use crate::pg::by_column::ColumnWriter;
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{mark_broken_on_disconnect, run_statements, Outcome};
 use crate::pg::socket::Borrowed;
@@ -86,6 +87,24 @@ pub fn eligible(class: &Classified) -> bool {
         && !class.transaction_control
 }
 
+/// What a burst keeps of each statement's rows.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// Only how many there were.
+    Skip,
+    /// PostgreSQL's DataRow messages, written as JSON later.
+    Keep,
+    /// Written by column as they arrive (`pg::by_column`); every statement of the burst must
+    /// have these columns.
+    ByColumn(&'a [Column]),
+}
+
+impl Rows<'_> {
+    fn kept(self) -> bool {
+        !matches!(self, Rows::Skip)
+    }
+}
+
 /// One execution in a burst: a catalogued statement, tokio-postgres' copy of it on the
 /// burst's connection, and its parameters.
 #[derive(Clone, Copy)]
@@ -103,7 +122,7 @@ pub async fn run(
     entry: &Arc<Entry>,
     stmt: &Statement,
     params: &[Vec<TextParam>],
-    keep_rows: bool,
+    rows: Rows<'_>,
     counters: &GroupedCounters,
     grouping: Grouping,
 ) -> Vec<Result<Outcome, Error>> {
@@ -115,7 +134,7 @@ pub async fn run(
             params: p,
         })
         .collect();
-    run_items(conn, &items, keep_rows, counters, grouping).await
+    run_items(conn, &items, rows, counters, grouping).await
 }
 
 /// Runs each item once on `conn`, grouped; answers in order. Every item's statement must be
@@ -125,14 +144,15 @@ pub async fn run(
 pub async fn run_items(
     conn: &PgConn,
     items: &[Item<'_>],
-    keep_rows: bool,
+    rows: Rows<'_>,
     counters: &GroupedCounters,
     grouping: Grouping,
 ) -> Vec<Result<Outcome, Error>> {
     if items.is_empty() {
         return Vec::new();
     }
-    let mut slots = match run_grouped(conn, items, keep_rows, grouping).await {
+    let keep_rows = rows.kept();
+    let mut slots = match run_grouped(conn, items, rows, grouping).await {
         Ok(Some(slots)) => {
             counters
                 .statements
@@ -240,7 +260,7 @@ const SETTLE_ATTEMPTS: usize = 4;
 async fn run_grouped(
     conn: &PgConn,
     items: &[Item<'_>],
-    keep_rows: bool,
+    rows: Rows<'_>,
     grouping: Grouping,
 ) -> Result<Option<Vec<Slot>>, Error> {
     let mut socket = conn.socket.borrow_if_idle();
@@ -301,7 +321,7 @@ async fn run_grouped(
     }
     let params: Vec<&[TextParam]> = items.iter().map(|i| i.params).collect();
     encode(&mut out, &params, &names, grouping == Grouping::ReadOnly)?;
-    let mut reader = Reader::new(conn, items, prepared, keep_rows, grouping);
+    let mut reader = Reader::new(conn, items, prepared, rows, grouping);
     let mut written = false;
     {
         // Reading goes on while writing, so neither side blocks on a full socket buffer; a
@@ -466,6 +486,8 @@ struct Reader<'a> {
     stale: bool,
     slots: Vec<Slot>,
     keep_rows: bool,
+    /// Writes the rows by column as they arrive, instead of keeping them in `rows`.
+    by_column: Option<ColumnWriter<'a>>,
     /// The next statement to be answered, and the end of its group.
     next: usize,
     group_end: usize,
@@ -486,7 +508,7 @@ impl<'a> Reader<'a> {
         conn: &'a PgConn,
         items: &[Item<'_>],
         prepared: Vec<Prepared<'a>>,
-        keep_rows: bool,
+        rows: Rows<'a>,
         grouping: Grouping,
     ) -> Reader<'a> {
         let n = items.len();
@@ -498,7 +520,11 @@ impl<'a> Reader<'a> {
             described: 0,
             stale: false,
             slots,
-            keep_rows,
+            keep_rows: rows.kept(),
+            by_column: match rows {
+                Rows::ByColumn(columns) => Some(ColumnWriter::new(columns)),
+                Rows::Skip | Rows::Keep => None,
+            },
             next: 0,
             group_end: n.min(GROUP),
             ready: grouping == Grouping::InTransaction,
@@ -574,7 +600,10 @@ impl<'a> Reader<'a> {
             | Message::NotificationResponse(_) => {}
             Message::DataRow(row) => {
                 if self.ready && self.keep_rows {
-                    self.rows.push(row);
+                    match &mut self.by_column {
+                        Some(writer) => writer.push(&row),
+                        None => self.rows.push(row),
+                    }
                 }
             }
             Message::CommandComplete(body) => {
@@ -588,7 +617,7 @@ impl<'a> Reader<'a> {
             }
             Message::EmptyQueryResponse => self.complete(0)?,
             Message::ErrorResponse(body) => {
-                self.rows.clear();
+                self.forget_rows();
                 let error = ServerError::parse(&body);
                 if self.described < self.prepared.len() {
                     // A Parse failed: PostgreSQL skips everything up to the first Sync, the
@@ -663,19 +692,36 @@ impl<'a> Reader<'a> {
     fn complete(&mut self, affected: u64) -> Result<(), Error> {
         if !self.ready {
             self.ready = true;
-            self.rows.clear();
+            self.forget_rows();
             return Ok(());
         }
         if self.next >= self.group_end {
             return Err(protocol("more results than statements"));
         }
-        self.slots[self.next] = Slot::Done(Ok(Outcome {
-            rows: Vec::new(),
-            wire_rows: std::mem::take(&mut self.rows),
-            affected,
-        }));
+        let outcome = match &mut self.by_column {
+            Some(writer) => writer.finish().map(|written| Outcome {
+                by_column: Some(written),
+                affected,
+                ..Outcome::default()
+            }),
+            None => Ok(Outcome {
+                wire_rows: std::mem::take(&mut self.rows),
+                affected,
+                ..Outcome::default()
+            }),
+        };
+        self.slots[self.next] = Slot::Done(outcome);
         self.next += 1;
         Ok(())
+    }
+
+    /// Drops the rows read for the statement being answered (it failed, or they were the
+    /// read-only switch's).
+    fn forget_rows(&mut self) {
+        self.rows.clear();
+        if let Some(writer) = &mut self.by_column {
+            writer.discard();
+        }
     }
 }
 

@@ -218,12 +218,10 @@ async fn run_jobs(lease: &Lease, jobs: &[Job]) -> Vec<Result<Outcome, Error>> {
     if items.len() < MIN_GROUP {
         return burst::run_ungrouped(lease, &items, keep_rows).await;
     }
-    burst::run_items(
-        lease,
-        &items,
-        keep_rows,
-        lease.grouped(),
-        Grouping::ReadOnly,
-    )
-    .await
+    let rows = if keep_rows {
+        burst::Rows::Keep
+    } else {
+        burst::Rows::Skip
+    };
+    burst::run_items(lease, &items, rows, lease.grouped(), Grouping::ReadOnly).await
 }

@@ -15,12 +15,14 @@ use fallible_iterator::FallibleIterator;
 use futures_util::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 use postgres_protocol::message::backend::DataRowBody;
 use serde_json::value::RawValue;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Column, Row, Statement};
 
 use crate::catalog::{Entry, Shape};
 use crate::error::{Code, Error};
 use crate::ipc::request::Target;
 use crate::pg::burst;
+use crate::pg::by_column::ByColumn;
 use crate::pg::coalesce::{self, Work};
 use crate::pg::conn::PgConn;
 use crate::upstream::{Lease, Upstream};
@@ -120,11 +122,14 @@ pub fn convert_params(stmt: &Statement, raw: &[&RawValue]) -> Result<Vec<TextPar
 
 /// Rows (unless not kept) and the affected-row count of one execution. Rows come either
 /// decoded by tokio-postgres or, from a grouped pipeline (`pg::burst`), as PostgreSQL's raw
-/// DataRow messages.
+/// DataRow messages or already written by column (`pg::by_column`).
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub rows: Vec<Row>,
     pub wire_rows: Vec<DataRowBody>,
+    /// The rows already written as JSON by column (a grouped `column_major` pipeline); then
+    /// `rows` and `wire_rows` are empty.
+    pub by_column: Option<ByColumn>,
     pub affected: u64,
 }
 
@@ -159,8 +164,8 @@ async fn run_raw(
     let affected = stream.rows_affected().unwrap_or(seen);
     Ok(Outcome {
         rows,
-        wire_rows: Vec::new(),
         affected,
+        ..Outcome::default()
     })
 }
 
@@ -405,41 +410,21 @@ pub fn write_rows(out: &mut Vec<u8>, outcome: &Outcome, columns: &[Column]) -> R
     Ok(())
 }
 
-/// Appends the rows of `outcome` to `lists`, one JSON list body (values without the brackets)
-/// per column, so the rows of many statements make one list per column.
-pub fn write_rows_by_column(
-    lists: &mut [Vec<u8>],
-    outcome: &Outcome,
-    columns: &[Column],
-) -> Result<(), Error> {
-    for_each_row(outcome, columns, |cells| {
-        for ((col, cell), list) in columns.iter().zip(cells).zip(lists.iter_mut()) {
-            if !list.is_empty() {
-                list.push(b',');
-            }
-            write_cell(list, col, *cell)?;
-        }
-        Ok(())
-    })
-}
-
 /// Hands `visit` the values of each row of `outcome` in order (decoded rows first, then wire
 /// rows), one per column of `columns` (a row with another number of values is an error), in a
 /// buffer reused from row to row.
-fn for_each_row<'a>(
+pub(crate) fn for_each_row<'a>(
     outcome: &'a Outcome,
     columns: &[Column],
     mut visit: impl FnMut(&[Option<&'a [u8]>]) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let uneven = |n: usize| {
-        Error::new(
+    if outcome.by_column.is_some() {
+        return Err(Error::new(
             Code::Internal,
-            format!(
-                "PostgreSQL sent a row of {n} values for a statement of {} columns",
-                columns.len()
-            ),
-        )
-    };
+            "the rows were written by column as they arrived",
+        ));
+    }
+    let uneven = |n: usize| uneven_row(n, columns.len());
     let mut cells: Vec<Option<&'a [u8]>> = Vec::with_capacity(columns.len());
     for row in &outcome.rows {
         if row.len() != columns.len() {
@@ -478,16 +463,30 @@ fn for_each_row<'a>(
 }
 
 fn write_cell(out: &mut Vec<u8>, col: &Column, cell: Option<&[u8]>) -> Result<(), Error> {
-    write_value(out, col.type_(), cell).map_err(|e| {
+    write_named_cell(out, col.name(), col.type_(), cell)
+}
+
+/// One value of column `name` (named in the error when PostgreSQL's bytes are not a `ty`).
+pub(crate) fn write_named_cell(
+    out: &mut Vec<u8>,
+    name: &str,
+    ty: &Type,
+    cell: Option<&[u8]>,
+) -> Result<(), Error> {
+    write_value(out, ty, cell).map_err(|e| {
         Error::new(
             Code::Internal,
-            format!(
-                "cannot encode column \"{}\" ({}): {e}",
-                col.name(),
-                type_name(col.type_())
-            ),
+            format!("cannot encode column \"{name}\" ({}): {e}", type_name(ty)),
         )
     })
+}
+
+/// A row of `n` values for a statement of another number of columns.
+pub(crate) fn uneven_row(n: usize, columns: usize) -> Error {
+    Error::new(
+        Code::Internal,
+        format!("PostgreSQL sent a row of {n} values for a statement of {columns} columns"),
+    )
 }
 
 /// `,"columns":..,"rows":..,"command":..,"rows_affected":..` for one query result.

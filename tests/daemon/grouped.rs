@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::ops::wait_until_not_running;
+use crate::admin::AdminDaemon;
+use crate::coalesce::delta;
+use crate::ops::{rows_from_column_major, wait_until_not_running};
 use crate::support::TestDb;
 
 /// Enough statements for two groups on one connection (the test pool is small).
@@ -113,6 +115,73 @@ async fn a_select_whose_function_writes_runs_each_write_exactly_once() {
     );
 }
 
+/// A `column_major` answer joins rows written while they arrived (grouped statements) with rows
+/// of statements that ran again on their own after a neighbour failed in their group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_major_answers_join_grouped_rows_with_rows_run_again() {
+    let db = TestDb::new().await;
+    db.setup(&remembering_log(0)).await;
+    let daemon = AdminDaemon::for_db(&db, |_| {}).await;
+    let mut c = daemon.connected().await;
+    // Every 100th statement writes, so it fails in its read-only group and runs again with the
+    // rest of the group; the others are grouped. Each returns `$1 % 3` rows (none for some).
+    let sql = "SELECT CASE WHEN $1 % 100 = 7 AND g = 1 THEN remember($1) ELSE $1 END AS v, \
+               CASE WHEN g = 2 THEN NULL ELSE 'r' || g END AS label \
+               FROM generate_series(1, $1 % 3) g";
+    let batch: Vec<Value> = (0..N).map(|i| json!([i])).collect();
+    let expected: Vec<Value> = (0..N)
+        .map(|i| {
+            let rows = (1..=i % 3).map(|g| {
+                json!([
+                    i,
+                    if g == 2 {
+                        Value::Null
+                    } else {
+                        json!(format!("r{g}"))
+                    }
+                ])
+            });
+            Value::Array(rows.collect())
+        })
+        .collect();
+    let before = daemon.scrape().await;
+    let r = c
+        .call_ok(json!({"op": "pipeline", "sql": sql, "params_batch": batch, "column_major": true}))
+        .await;
+    let after = daemon.scrape().await;
+    assert_eq!(
+        r["columns"],
+        json!([{"name": "v", "type": "int4"}, {"name": "label", "type": "text"}])
+    );
+    assert_eq!(rows_from_column_major(&r), expected);
+    let commands = r["commands"].as_array().expect("commands");
+    assert_eq!(commands[7], json!("SELECT 1"));
+    assert_eq!(commands[9], json!("SELECT 0"));
+    let grouped = delta(&before, &after, "qail_pipeline_grouped_statements_total");
+    let reruns = delta(&before, &after, "qail_pipeline_grouped_reruns_total");
+    assert!(grouped >= N as f64, "grouped: {grouped}");
+    assert!(reruns >= 6.0, "statements ran again: {reruns}");
+    // The writes of the statements that ran again happened once each: 7, 107, …, 507 whose
+    // `$1 % 3` is not 0 (one row each).
+    let writes = (0..N).filter(|i| i % 100 == 7 && i % 3 != 0).count() as i64;
+    assert_eq!(db.count("SELECT count(*) FROM log", &[]).await, 1 + writes);
+
+    // A failure answers as without `column_major`: the first failure's index and the counts.
+    let batch: Vec<Value> = (0..N)
+        .map(|i| json!([if i == 100 || i == 400 { 0 } else { i + 1 }]))
+        .collect();
+    let e = c
+        .call_err(json!({"op": "pipeline", "sql": "SELECT 1000 / $1::int AS q", "params_batch": batch, "column_major": true}))
+        .await;
+    assert_eq!(e["code"], json!("22012"), "{e}");
+    assert_eq!(
+        (e["index"].clone(), e["failed"].clone()),
+        (json!(100), json!(2)),
+        "{e}"
+    );
+    assert_eq!(e["succeeded"], json!(N - 2), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_change_between_pipelines_answers_in_the_new_shape() {
     let db = TestDb::new().await;
@@ -128,7 +197,7 @@ async fn a_schema_change_between_pipelines_answers_in_the_new_shape() {
 
     db.setup("ALTER TABLE t ADD COLUMN label text DEFAULT 'x'")
         .await;
-    let r = c.call_ok(pipeline).await;
+    let r = c.call_ok(pipeline.clone()).await;
     let results = r["results"].as_array().expect("results");
     assert_eq!(results.len(), N);
     assert_eq!(results[0]["rows"], json!([[1, "x"]]));
@@ -137,6 +206,20 @@ async fn a_schema_change_between_pipelines_answers_in_the_new_shape() {
         results[N - 1]["columns"],
         json!([{"name": "id", "type": "int4"}, {"name": "label", "type": "text"}])
     );
+
+    // Once more after a second change, answered by column: the rows are written as they
+    // arrive, in the shape PostgreSQL now gives them.
+    db.setup("ALTER TABLE t ALTER COLUMN id TYPE bigint").await;
+    let mut turned = pipeline;
+    turned["column_major"] = json!(true);
+    let r = c.call_ok(turned).await;
+    assert_eq!(
+        r["columns"],
+        json!([{"name": "id", "type": "int8"}, {"name": "label", "type": "text"}])
+    );
+    let rows = rows_from_column_major(&r);
+    assert_eq!(rows.len(), N);
+    assert_eq!(rows[2], json!([[1, "x"], [2, "x"], [3, "x"]]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -385,7 +385,7 @@ async fn pipeline_returns_one_result_per_parameter_list_in_order() {
 
 /// The `results` of a plain pipeline answer rebuilt from a `column_major` one: the columns'
 /// values zipped into rows and cut into statements by `counts`.
-fn rows_from_column_major(answer: &Value) -> Vec<Value> {
+pub(crate) fn rows_from_column_major(answer: &Value) -> Vec<Value> {
     let values = answer["values"].as_array().expect("values");
     let counts = answer["counts"].as_array().expect("counts");
     let mut next = 0;

@@ -15,12 +15,12 @@ use crate::catalog::Entry;
 use crate::error::{BatchPosition, Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, Target};
-use crate::pg::burst::{self, Grouping};
+use crate::pg::burst::{self, Grouping, Rows};
+use crate::pg::by_column::ByColumn;
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
     convert_params, mark_broken_on_disconnect, prepare_on, run_pipelined, run_statements,
-    write_columns, write_query_fields, write_result_fields, write_rows, write_rows_by_column,
-    Outcome,
+    write_columns, write_query_fields, write_result_fields, write_rows, Outcome,
 };
 use crate::upstream::{GroupedCounters, Upstream};
 use crate::values::{write_json_str, TextParam};
@@ -78,7 +78,8 @@ pub async fn pipeline(
             (false, true) => Some((&up.grouped, Grouping::InTransaction)),
             _ => None,
         };
-        let mut results = run_spread(&entry, &conns, &texts, !count_only, grouped).await;
+        let by_column = req.column_major.unwrap_or(false);
+        let mut results = run_spread(&entry, &conns, &texts, !count_only, by_column, grouped).await;
         let stale: Vec<bool> = results
             .iter()
             .map(|r| r.as_ref().err().is_some_and(Error::is_stale_statement))
@@ -98,7 +99,7 @@ pub async fn pipeline(
                 .zip(&stale)
                 .filter_map(|(p, &s)| s.then_some(p))
                 .collect();
-            let answers = run_spread(&entry, &conns, &again, !count_only, grouped).await;
+            let answers = run_spread(&entry, &conns, &again, !count_only, by_column, grouped).await;
             let slots = stale.iter().enumerate().filter(|(_, &s)| s).map(|(i, _)| i);
             for (i, answer) in slots.zip(answers) {
                 results[i] = answer;
@@ -189,25 +190,29 @@ fn write_column_major(
     columns: &[tokio_postgres::Column],
     results: &[Result<Outcome, Error>],
 ) -> Result<(), Error> {
-    let outcomes = || results.iter().filter_map(|r| r.as_ref().ok());
-    let rows = |o: &Outcome| o.rows.len() + o.wire_rows.len();
-    write_list(reply.key("counts"), outcomes(), |out, o| {
-        out.extend_from_slice(itoa::Buffer::new().format(rows(o)).as_bytes());
+    // Grouped statements had their rows written while they arrived; the others are written now.
+    let written = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|o| ByColumn::of(o, columns))
+        .collect::<Result<Vec<_>, Error>>()?;
+    write_list(reply.key("counts"), written.iter(), |out, w| {
+        out.extend_from_slice(itoa::Buffer::new().format(w.rows()).as_bytes());
         Ok(())
     })?;
-    let total: usize = outcomes().map(rows).sum();
-    // A guess of a few bytes per value, capped so wide results do not reserve much up front.
-    let mut lists: Vec<Vec<u8>> = (0..columns.len())
-        .map(|_| Vec::with_capacity((total * 8).min(1 << 20)))
-        .collect();
-    for o in outcomes() {
-        write_rows_by_column(&mut lists, o, columns)?;
-    }
     let out = reply.key("values");
-    out.reserve(lists.iter().map(|l| l.len() + 3).sum());
-    write_list(out, lists.iter(), |out, list| {
+    out.reserve(written.iter().map(|w| w.size() + 1).sum::<usize>() + 3 * columns.len());
+    write_list(out, 0..columns.len(), |out, k| {
         out.push(b'[');
-        out.extend_from_slice(list);
+        let mut first = true;
+        for segment in written.iter().map(|w| w.column(k)) {
+            if !segment.is_empty() {
+                if !std::mem::take(&mut first) {
+                    out.push(b',');
+                }
+                out.extend_from_slice(segment);
+            }
+        }
         out.push(b']');
         Ok(())
     })?;
@@ -359,6 +364,7 @@ async fn run_spread(
     conns: &[&PgConn],
     texts: &[Vec<TextParam>],
     keep_rows: bool,
+    by_column: bool,
     grouped: Option<(&GroupedCounters, Grouping)>,
 ) -> Vec<Result<Outcome, Error>> {
     let per = texts.len().div_ceil(conns.len().max(1)).max(1);
@@ -368,7 +374,12 @@ async fn run_spread(
         .map(|(c, part)| async move {
             let results = match (c.statement(entry).await, grouped) {
                 (Ok(stmt), Some((counters, grouping))) if part.len() >= burst::MIN_STATEMENTS => {
-                    burst::run(c, entry, &stmt, part, keep_rows, counters, grouping).await
+                    let rows = match (keep_rows, by_column) {
+                        (false, _) => Rows::Skip,
+                        (true, false) => Rows::Keep,
+                        (true, true) => Rows::ByColumn(stmt.columns()),
+                    };
+                    burst::run(c, entry, &stmt, part, rows, counters, grouping).await
                 }
                 (Ok(stmt), _) => run_pipelined(&c.client, &stmt, part, keep_rows).await,
                 (Err(e), _) => {
