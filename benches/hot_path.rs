@@ -1,18 +1,37 @@
 //! Microbenchmarks of the daemon's hot path, without PostgreSQL: frame decoding, request
-//! parsing, parameter conversion, row value encoding, and catalogue lookups.
+//! parsing, parameter conversion, row value encoding (row by row, and by column as a grouped
+//! pipeline writes rows while they arrive), and catalogue lookups.
 //!
 //! `cargo bench --bench hot_path`. Figures are per operation; compare runs on the same machine.
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use postgres_protocol::message::backend::{DataRowBody, Message};
 use qail_daemon::catalog::{HandleGen, Shape, StatementCache};
 use qail_daemon::ipc::codec::{frame, FrameDecoder};
 use qail_daemon::ipc::request::parse;
+use qail_daemon::pg::by_column::ColumnWriter;
 use qail_daemon::values::{param_text, write_value};
 use tokio_postgres::types::Type;
 use tokio_util::codec::Decoder;
+
+/// A DataRow message of the seed's shape (id int4, name text), parsed as the daemon reads it.
+fn data_row(id: i32, name: &[u8]) -> DataRowBody {
+    let mut msg = BytesMut::new();
+    msg.put_u8(b'D');
+    msg.put_i32(4 + 2 + 4 + 4 + 4 + name.len() as i32);
+    msg.put_i16(2);
+    msg.put_i32(4);
+    msg.put_i32(id);
+    msg.put_i32(name.len() as i32);
+    msg.put_slice(name);
+    match Message::parse(&mut msg) {
+        Ok(Some(Message::DataRow(row))) => row,
+        _ => unreachable!("a well-formed DataRow"),
+    }
+}
 
 fn pipeline_request(n: usize) -> Vec<u8> {
     let params: Vec<String> = (0..n)
@@ -83,6 +102,16 @@ fn values(c: &mut Criterion) {
             }
             out.push(b']');
             out.len()
+        })
+    });
+    // The same rows as DataRow messages, written by column: one statement of a grouped
+    // `column_major` pipeline (`pg::by_column`).
+    let rows: Vec<DataRowBody> = (0..10).map(|i| data_row(123_450 + i, &text)).collect();
+    let mut writer = ColumnWriter::named(vec![("id", &Type::INT4), ("name", &Type::TEXT)]);
+    g.bench_function("write_10_rows_by_column_int4_text", |b| {
+        b.iter(|| {
+            rows.iter().for_each(|row| writer.push(row));
+            writer.finish().map(|w| w.size()).ok()
         })
     });
     let raw: Box<serde_json::value::RawValue> = serde_json::from_str("\"10\"").unwrap();

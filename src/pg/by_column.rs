@@ -81,7 +81,9 @@ impl<'a> ColumnWriter<'a> {
         ColumnWriter::named(columns.iter().map(|c| (c.name(), c.type_())).collect())
     }
 
-    fn named(columns: Vec<(&'a str, &'a Type)>) -> ColumnWriter<'a> {
+    /// A writer for columns given by name and type (what [`ColumnWriter::new`] takes from a
+    /// statement's columns).
+    pub fn named(columns: Vec<(&'a str, &'a Type)>) -> ColumnWriter<'a> {
         ColumnWriter {
             lists: (0..columns.len())
                 .map(|_| Vec::with_capacity(256))
