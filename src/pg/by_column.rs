@@ -47,10 +47,14 @@ impl ByColumn {
         self.values.len()
     }
 
-    /// `outcome`'s rows by column: as written while they arrived, or written now.
-    pub fn of<'a>(outcome: &'a Outcome, columns: &[Column]) -> Result<Cow<'a, ByColumn>, Error> {
+    /// `outcome`'s rows by column: as written while they arrived, or written now with `writer`
+    /// (one writer serves every statement of an answer).
+    pub fn of<'a>(
+        outcome: &'a Outcome,
+        writer: &mut ColumnWriter<'_>,
+    ) -> Result<Cow<'a, ByColumn>, Error> {
         if let Some(written) = &outcome.by_column {
-            if written.ends.len() != columns.len() {
+            if written.ends.len() != writer.columns.len() {
                 return Err(Error::new(
                     Code::Internal,
                     "rows were written for another number of columns",
@@ -58,7 +62,8 @@ impl ByColumn {
             }
             return Ok(Cow::Borrowed(written));
         }
-        let mut writer = ColumnWriter::new(columns);
+        writer.discard();
+        let columns = writer.columns.len();
         for_each_row(outcome, columns, |cells| writer.push_cells(cells))?;
         writer.finish().map(Cow::Owned)
     }
@@ -114,15 +119,11 @@ impl<'a> ColumnWriter<'a> {
                 format!("malformed row from PostgreSQL: {e}"),
             )
         })? {
-            let (Some(list), Some((name, ty))) = (self.lists.get_mut(k), self.columns.get(k))
-            else {
+            if k == self.columns.len() {
                 let n = k + 1 + ranges.count().unwrap_or(0);
                 return Err(uneven_row(n, self.columns.len()));
-            };
-            if self.rows > 0 {
-                list.push(b',');
             }
-            write_named_cell(list, name, ty, range.map(|r| &buf[r]))?;
+            self.value(k, range.map(|r| &buf[r]))?;
             k += 1;
         }
         if k != self.columns.len() {
@@ -137,14 +138,21 @@ impl<'a> ColumnWriter<'a> {
         if cells.len() != self.columns.len() {
             return Err(uneven_row(cells.len(), self.columns.len()));
         }
-        for ((&(name, ty), cell), list) in self.columns.iter().zip(cells).zip(&mut self.lists) {
-            if self.rows > 0 {
-                list.push(b',');
-            }
-            write_named_cell(list, name, ty, *cell)?;
+        for (k, cell) in cells.iter().enumerate() {
+            self.value(k, *cell)?;
         }
         self.rows += 1;
         Ok(())
+    }
+
+    /// Appends one value to column `k`'s list; `k` is below the number of columns.
+    fn value(&mut self, k: usize, cell: Option<&[u8]>) -> Result<(), Error> {
+        let (name, ty) = self.columns[k];
+        let list = &mut self.lists[k];
+        if self.rows > 0 {
+            list.push(b',');
+        }
+        write_named_cell(list, name, ty, cell)
     }
 
     /// Forgets the current statement's rows (it failed, or they were not its answer).

@@ -392,7 +392,7 @@ fn write_named_types<'a>(
 pub fn write_rows(out: &mut Vec<u8>, outcome: &Outcome, columns: &[Column]) -> Result<(), Error> {
     out.push(b'[');
     let mut first = true;
-    for_each_row(outcome, columns, |cells| {
+    for_each_row(outcome, columns.len(), |cells| {
         if !std::mem::take(&mut first) {
             out.push(b',');
         }
@@ -411,11 +411,11 @@ pub fn write_rows(out: &mut Vec<u8>, outcome: &Outcome, columns: &[Column]) -> R
 }
 
 /// Hands `visit` the values of each row of `outcome` in order (decoded rows first, then wire
-/// rows), one per column of `columns` (a row with another number of values is an error), in a
-/// buffer reused from row to row.
+/// rows), `width` of them (a row with another number of values is an error), in a buffer
+/// reused from row to row.
 pub(crate) fn for_each_row<'a>(
     outcome: &'a Outcome,
-    columns: &[Column],
+    width: usize,
     mut visit: impl FnMut(&[Option<&'a [u8]>]) -> Result<(), Error>,
 ) -> Result<(), Error> {
     if outcome.by_column.is_some() {
@@ -424,10 +424,10 @@ pub(crate) fn for_each_row<'a>(
             "the rows were written by column as they arrived",
         ));
     }
-    let uneven = |n: usize| uneven_row(n, columns.len());
-    let mut cells: Vec<Option<&'a [u8]>> = Vec::with_capacity(columns.len());
+    let uneven = |n: usize| uneven_row(n, width);
+    let mut cells: Vec<Option<&'a [u8]>> = Vec::with_capacity(width);
     for row in &outcome.rows {
-        if row.len() != columns.len() {
+        if row.len() != width {
             return Err(uneven(row.len()));
         }
         cells.clear();
@@ -454,7 +454,7 @@ pub(crate) fn for_each_row<'a>(
         })? {
             cells.push(range.map(|r| &buf[r]));
         }
-        if cells.len() != columns.len() {
+        if cells.len() != width {
             return Err(uneven(cells.len()));
         }
         visit(&cells)?;

@@ -16,7 +16,7 @@ use crate::error::{BatchPosition, Code, Error};
 use crate::ipc::reply::Reply;
 use crate::ipc::request::{Request, Target};
 use crate::pg::burst::{self, Grouping, Rows};
-use crate::pg::by_column::ByColumn;
+use crate::pg::by_column::{ByColumn, ColumnWriter};
 use crate::pg::conn::PgConn;
 use crate::pg::exec::{
     convert_params, mark_broken_on_disconnect, prepare_on, run_pipelined, run_statements,
@@ -191,10 +191,11 @@ fn write_column_major(
     results: &[Result<Outcome, Error>],
 ) -> Result<(), Error> {
     // Grouped statements had their rows written while they arrived; the others are written now.
+    let mut writer = ColumnWriter::new(columns);
     let written = results
         .iter()
         .filter_map(|r| r.as_ref().ok())
-        .map(|o| ByColumn::of(o, columns))
+        .map(|o| ByColumn::of(o, &mut writer))
         .collect::<Result<Vec<_>, Error>>()?;
     write_list(reply.key("counts"), written.iter(), |out, w| {
         out.extend_from_slice(itoa::Buffer::new().format(w.rows()).as_bytes());
