@@ -35,8 +35,10 @@ ANALYZE users;
 # The table is then vacuumed until every page is marked all-visible, as autovacuum keeps a live
 # table: otherwise every mode pays for PostgreSQL checking the visibility of just-inserted rows
 # one by one (measured: 10-12% more backend CPU per query in a pipeline). 1,000 inserts stay
-# below autovacuum's insert threshold, so nothing else would do it during the run, and a VACUUM
-# right after the insert sometimes leaves the pages unmarked, hence the check.
+# below autovacuum's insert threshold, so nothing else would do it during the run. With
+# synchronous_commit off (below), a VACUUM right after the insert finds the commit not yet
+# flushed, cannot set the rows' hint bits and so leaves the pages unmarked: hence the check, and
+# a pause for the WAL writer before trying again.
 SETTLE_SQL = "VACUUM users"
 ALL_VISIBLE_SQL = "SELECT relallvisible = relpages FROM pg_class WHERE relname = 'users'"
 
