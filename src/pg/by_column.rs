@@ -21,7 +21,7 @@ use crate::error::{Code, Error};
 use crate::pg::exec::{for_each_row, uneven_row, write_named_cell, Outcome};
 
 /// One statement's rows as JSON values, column by column.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct ByColumn {
     /// Every column's values, one column after the other.
     values: Vec<u8>,
@@ -62,7 +62,6 @@ impl ByColumn {
             }
             return Ok(Cow::Borrowed(written));
         }
-        writer.discard();
         let columns = writer.columns.len();
         for_each_row(outcome, columns, |cells| writer.push_cells(cells))?;
         writer.finish().map(Cow::Owned)
