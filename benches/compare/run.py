@@ -16,8 +16,8 @@ Modes are interleaved (repetition 1 of every mode, then repetition 2, ...) so th
 other work on the machine spreads over all of them; the table shows medians. Every run also
 accounts the CPU that the client, qail-daemon, PostgreSQL and PgBouncer used during its timed
 window, per query (cputime.py). With --profile, one extra run of the sequential daemon modes
-is recorded with `perf record` on the daemon and its top symbols written out. Outputs go to
-benches/results/ (Markdown, JSON, PNG charts).
+is recorded with `perf record` on the daemon, and one of the pipeline with rows on every CPU,
+and their top symbols written out. Outputs go to benches/results/ (Markdown, JSON, PNG charts).
 
 The driver runs with any python3: it creates its own virtual environment
 (benches/compare/.venv) with the peer drivers on first use, then re-runs itself inside it.
@@ -81,8 +81,10 @@ DIRECT = "Python straight to PostgreSQL (Unix socket)"
 NATIVE = "Native Rust"
 MULTI = "32 Python processes, sequential"
 
-# Modes whose daemon --profile records (one extra run each, after the measured repetitions).
-PROFILED = ("daemon.seq", "multi.daemon")
+# What --profile records: one extra run of each mode after the measured repetitions, with
+# `perf record` either on the daemon ("daemon") or on every CPU ("system": how the two cores
+# are shared between the client, the daemon and PostgreSQL, and where PostgreSQL's share goes).
+PROFILED = {"daemon.seq": "daemon", "multi.daemon": "daemon", "daemon.pipeline": "system"}
 
 MODES: list[Mode] = [
     Mode("daemon.seq", "daemon.seq", DAEMON, "qail_ipc · sequential (1 query per round trip)",
@@ -325,9 +327,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="use the existing target/release binaries")
     parser.add_argument("--profile", action="store_true",
                         help="after the measured runs, one extra run each of "
-                             f"{' and '.join(PROFILED)} with `perf record -g -e cpu-clock` on "
-                             "qail-daemon during the timed window; writes the top symbols "
-                             "to OUT/profile-MODE.txt")
+                             f"{', '.join(PROFILED)} with `perf record -g -e cpu-clock` during "
+                             "the timed window (on qail-daemon; system-wide for "
+                             "daemon.pipeline); writes the top symbols to OUT/profile-MODE.txt")
     parser.add_argument("--out", type=Path, default=REPO / "benches" / "results",
                         help="output directory")
     args = parser.parse_args(argv)
@@ -646,14 +648,15 @@ def measure_native(run: Run, argv: list[str], roots: dict[str, int]) -> dict[str
 
 def profile_daemon(run: Run, modes: list[Mode], measure: Callable[..., dict[str, Any]],
                    daemon: Any) -> None:
-    """--profile: one extra run of each mode with `perf record` on the daemon for its window."""
+    """--profile: one extra run of each mode with `perf record` for its window (PROFILED)."""
     perf = shutil.which("perf")
     if perf is None:
         run.failures.append("--profile: perf is not installed, no profile recorded")
         log("!!  --profile: perf is not installed (apt-get install linux-perf); skipped")
         return
     for m in modes:
-        log(f"==> profiling qail-daemon: one extra run of {m.key} under perf record")
+        scope = "qail-daemon" if PROFILED[m.key] == "daemon" else "every CPU"
+        log(f"==> profiling {scope}: one extra run of {m.key} under perf record")
         tmp = Path(tempfile.mkdtemp(prefix="qail-bench-perf-"))
         try:
             path, measured = profile_one(run, perf, m, measure, daemon, tmp)
@@ -677,11 +680,13 @@ def profile_one(run: Run, perf: str, m: Mode, measure: Callable[..., dict[str, A
     import cputime
     from services import stop_process_group
 
+    system = PROFILED[m.key] == "system"
     ctl, ack, data = tmp / "ctl", tmp / "ack", tmp / "perf.data"
     os.mkfifo(ctl)
     os.mkfifo(ack)
+    target = ["-a"] if system else ["-p", str(daemon.pid)]
     record = [perf, "record", "-g", "-e", "cpu-clock", "-D", "-1",
-              "--control", f"fifo:{ctl},{ack}", "-p", str(daemon.pid), "-o", str(data)]
+              "--control", f"fifo:{ctl},{ack}", *target, "-o", str(data)]
     with open(tmp / "perf.log", "w") as perf_log:
         proc = subprocess.Popen(record, stdout=perf_log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -695,20 +700,12 @@ def profile_one(run: Run, perf: str, m: Mode, measure: Callable[..., dict[str, A
         RUNNING.discard(proc)
     if not data.exists():
         raise ValueError("perf record failed: " + (tmp / "perf.log").read_text()[-500:])
-    head, symbols = perf_report(perf, data, ["--sort", "symbol", "-g", "none"], 25)
-    _, objects = perf_report(perf, data, ["--sort", "dso", "-g", "none"], 8)
-    # Where the hottest kernel symbols are reached from (leaf first), e.g. which wake-ups.
-    kernel = [row.split("[k]", 1)[1].strip() for row in symbols[:6] if "[k]" in row]
-    callers: list[str] = []
-    if kernel:
-        _, callers = perf_report(perf, data, [
-            "--sort", "symbol", "-g", "caller,2,callee,function,percent", "--max-stack", "9",
-            "--symbols", ",".join(kernel)], 90)
     cpu = measured.get("cpu") or {}
+    who = "every CPU (perf record -a)" if system else "qail-daemon"
     lines = [
-        f"# qail-daemon under perf: {m.label} ({m.key})",
-        "# perf record -g -e cpu-clock -D -1 --control fifo:CTL,ACK -p <qail-daemon pid>: "
-        "events enabled for the timed window only",
+        f"# {who} under perf: {m.label} ({m.key})",
+        f"# perf record -g -e cpu-clock -D -1 --control fifo:CTL,ACK {' '.join(target[:1])}"
+        f"{'' if system else ' <qail-daemon pid>'}: events enabled for the timed window only",
         f"# one extra run after the measured ones, {run.args.warmup:g} s warm-up + "
         f"{run.args.duration:g} s; commit {run.results['machine'].get('qail-daemon', '?')}, "
         f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
@@ -718,6 +715,27 @@ def profile_one(run: Run, perf: str, m: Mode, measure: Callable[..., dict[str, A
         "interrupts off is charged where they",
         "# are turned back on (_raw_spin_unlock_irqrestore, finish_task_switch): read those as "
         "wake-ups and context switches.",
+    ]
+    lines += system_report(perf, data) if system else daemon_report(perf, data)
+    run.args.out.mkdir(parents=True, exist_ok=True)
+    path = run.args.out / f"profile-{m.key}.txt"
+    path.write_text("\n".join(lines))
+    return path, measured
+
+
+def daemon_report(perf: str, data: Path) -> list[str]:
+    """The daemon's top symbols, its kernel/daemon/libc split, and who calls the hottest
+    kernel symbols (mostly: which wake-ups)."""
+    head, symbols = perf_report(perf, data, ["--sort", "symbol", "-g", "none"], 25)
+    _, objects = perf_report(perf, data, ["--sort", "dso", "-g", "none"], 8)
+    # Where the hottest kernel symbols are reached from (leaf first), e.g. which wake-ups.
+    kernel = [row.split("[k]", 1)[1].strip() for row in symbols[:6] if "[k]" in row]
+    callers: list[str] = []
+    if kernel:
+        _, callers = perf_report(perf, data, [
+            "--sort", "symbol", "-g", "caller,2,callee,function,percent", "--max-stack", "9",
+            "--symbols", ",".join(kernel)], 90)
+    lines = [
         "", *head, "",
         f"# perf report --no-children --sort symbol --stdio -g none (top {len(symbols)})",
         "", *symbols, "",
@@ -728,10 +746,27 @@ def profile_one(run: Run, perf: str, m: Mode, measure: Callable[..., dict[str, A
         lines += ["# callers of the hottest kernel symbols: perf report --no-children "
                   "--sort symbol -g caller,2,callee --max-stack 9 --symbols ...",
                   "", *callers, ""]
-    run.args.out.mkdir(parents=True, exist_ok=True)
-    path = run.args.out / f"profile-{m.key}.txt"
-    path.write_text("\n".join(lines))
-    return path, measured
+    return lines
+
+
+def system_report(perf: str, data: Path) -> list[str]:
+    """Both CPUs' time by process name (swapper = idle) and by process and object, then
+    PostgreSQL's top symbols as shares of all samples."""
+    head, comms = perf_report(perf, data, ["--sort", "comm", "-g", "none"], 8)
+    _, objects = perf_report(perf, data, ["--sort", "comm,dso", "-g", "none"], 14)
+    _, symbols = perf_report(perf, data, [
+        "--comms", "postgres", "--percentage", "absolute", "--sort", "symbol", "-g", "none"], 25)
+    return [
+        "", *head, "",
+        "# perf report --no-children --sort comm --stdio -g none: where both CPUs' time went "
+        "(swapper = idle)",
+        "", *comms, "",
+        "# the same by process and object: --sort comm,dso",
+        "", *objects, "",
+        "# PostgreSQL's processes only, as shares of all samples: perf report --no-children "
+        f"--comms postgres --percentage absolute --sort symbol -g none (top {len(symbols)})",
+        "", *symbols, "",
+    ]
 
 
 def perf_report(perf: str, data: Path, options: list[str], top: int
