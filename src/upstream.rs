@@ -210,6 +210,19 @@ struct Lane {
     gate: Gate,
 }
 
+/// The lanes that can take one more request: working, and below `LANE_DEPTH` users.
+fn lanes_with_room(lanes: &[Arc<Lane>]) -> impl Iterator<Item = &Arc<Lane>> {
+    lanes
+        .iter()
+        .filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64 && !l.conn.is_broken())
+}
+
+/// Counts one more user in on `lane`; the upstream's `lanes` lock must be held.
+fn counted_in(lane: &Arc<Lane>) -> Arc<Lane> {
+    lane.users.fetch_add(1, Ordering::Relaxed);
+    lane.clone()
+}
+
 /// One request's share of a pooled connection. Autocommit statements that leave no session
 /// state behind and need no cancellation (no time limit) run on a lease: a connection whose
 /// coalescing group is just starting, when the statement can join one; else an idle pooled
@@ -544,26 +557,18 @@ impl Upstream {
     /// The least used lane with room for one more request, counted in.
     fn lane_with_room(&self) -> Option<Arc<Lane>> {
         let lanes = self.lanes();
-        let lane = lanes
-            .iter()
-            .filter(|l| !l.conn.is_broken())
-            .min_by_key(|l| l.users.load(Ordering::Relaxed))
-            .filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64)?;
-        lane.users.fetch_add(1, Ordering::Relaxed);
-        Some(lane.clone())
+        let lane = lanes_with_room(&lanes).min_by_key(|l| l.users.load(Ordering::Relaxed))?;
+        Some(counted_in(lane))
     }
 
     /// The busiest lane with room whose coalescing gate started its work less than
     /// `JOIN_WINDOW` ago, counted in.
     fn lane_to_join(&self) -> Option<Arc<Lane>> {
         let lanes = self.lanes();
-        let lane = lanes
-            .iter()
-            .filter(|l| l.users.load(Ordering::Relaxed) < LANE_DEPTH as u64)
-            .filter(|l| !l.conn.is_broken() && l.gate.joinable(JOIN_WINDOW))
+        let lane = lanes_with_room(&lanes)
+            .filter(|l| l.gate.joinable(JOIN_WINDOW))
             .max_by_key(|l| l.users.load(Ordering::Relaxed))?;
-        lane.users.fetch_add(1, Ordering::Relaxed);
-        Some(lane.clone())
+        Some(counted_in(lane))
     }
 
     fn joined(self: &Arc<Self>, lane: Arc<Lane>, turn: OwnedSemaphorePermit) -> Lease {
