@@ -20,6 +20,7 @@ mod grouped;
 mod lifecycle;
 mod ops;
 mod pool;
+mod random_requests;
 mod sessions;
 mod socket;
 mod tls;
