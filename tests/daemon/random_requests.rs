@@ -1,10 +1,12 @@
 //! Random requests: thousands of frames built from every op and field with values of every
-//! JSON kind, some cut short or not JSON at all, sent one by one over the real socket. Each must
-//! get exactly one answer, in order, ok or a well-formed error, the connection must stay open,
-//! and the daemon must serve normally afterwards.
+//! JSON kind, some cut short or not JSON at all, sent by several clients at once in runs written
+//! before their answers are read. Each must get exactly one answer, in order, ok or an error
+//! with a code and a message; the connections must stay open, and the daemon must serve
+//! normally afterwards. Then clients that leave with requests unanswered, some still running
+//! in PostgreSQL, must leave no pooled connection taken and nothing running behind them.
 //!
 //! The generator is seeded (`QAIL_RANDOM_SEED`, else a fixed seed), so a failure names the
-//! seed and the request that broke it, and can be replayed.
+//! seed and the request that broke it, and can be replayed (timing may still differ).
 
 use serde_json::{json, Map, Value};
 
@@ -298,6 +300,14 @@ fn chaos(rng: &mut Rng, id: i64, handles: &[String]) -> Value {
     Value::Object(r)
 }
 
+/// The generator's seed: `QAIL_RANDOM_SEED`, else a fixed one.
+fn seed() -> u64 {
+    std::env::var("QAIL_RANDOM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_F0A1)
+}
+
 /// What one client's run got back.
 #[derive(Default)]
 struct Tally {
@@ -323,6 +333,26 @@ fn frame(rng: &mut Rng, request: &Value) -> (Vec<u8>, bool) {
     (frame, true)
 }
 
+/// `len` random requests numbered from `first`, as (id, request, cut short) and the bytes
+/// that send them all at once.
+fn random_run(
+    rng: &mut Rng,
+    handles: &[String],
+    first: usize,
+    len: usize,
+) -> (Vec<(i64, Value, bool)>, Vec<u8>) {
+    let mut run = Vec::with_capacity(len);
+    let mut bytes = Vec::new();
+    for k in 0..len {
+        let id = 1_000_000 + (first + k) as i64;
+        let req = request(rng, id, handles);
+        let (frame, cut) = frame(rng, &req);
+        bytes.extend_from_slice(&frame);
+        run.push((id, req, cut));
+    }
+    (run, bytes)
+}
+
 /// Sends `REQUESTS` random requests on `c`, in runs of 1 to 4 written before their answers are
 /// read, and checks every answer. `who` names the client and seed in failures.
 async fn drive(c: &mut RawClient, mut rng: Rng, handles: &[String], who: &str) -> Tally {
@@ -331,16 +361,8 @@ async fn drive(c: &mut RawClient, mut rng: Rng, handles: &[String], who: &str) -
     while n < REQUESTS {
         // A run of requests, all written before the first answer is read.
         let len = (1 + rng.below(4)).min(REQUESTS - n);
-        let mut run: Vec<(i64, Value, bool)> = Vec::with_capacity(len);
-        let mut bytes = Vec::new();
-        for k in 0..len {
-            let id = 1_000_000 + (n + k) as i64;
-            let req = request(&mut rng, id, handles);
-            let (frame, cut) = frame(&mut rng, &req);
-            tally.cut += usize::from(cut);
-            bytes.extend_from_slice(&frame);
-            run.push((id, req, cut));
-        }
+        let (run, bytes) = random_run(&mut rng, handles, n, len);
+        tally.cut += run.iter().filter(|(_, _, cut)| *cut).count();
         let context = |k: usize| format!("{who}, request {}: {}", n + k, run[k].1);
         c.try_send_raw(&bytes)
             .await
@@ -381,14 +403,9 @@ async fn drive(c: &mut RawClient, mut rng: Rng, handles: &[String], who: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_are_each_answered_and_the_daemon_keeps_serving() {
-    let seed = std::env::var("QAIL_RANDOM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED_F0A1_u64);
+    let seed = seed();
     let db = TestDb::new().await;
-    db.setup("CREATE TABLE t (id int PRIMARY KEY, name text); INSERT INTO t VALUES (1, 'one'), (2, 'two'); \
-         CREATE TABLE w (id int PRIMARY KEY, name text)")
-        .await;
+    db.setup(TABLES).await;
     let daemon = db.daemon().await;
     let mut c = daemon.connected().await;
     let handles = vec![
@@ -451,5 +468,90 @@ async fn random_requests_are_each_answered_and_the_daemon_keeps_serving() {
         .unwrap()
         .get(0);
     assert_eq!(open, 0, "connections left idle in a transaction");
+    daemon.shutdown().await;
+}
+
+/// The test's tables: `t` is only read by random requests, `w` takes their writes.
+const TABLES: &str = "CREATE TABLE t (id int PRIMARY KEY, name text); \
+    INSERT INTO t VALUES (1, 'one'), (2, 'two'); CREATE TABLE w (id int PRIMARY KEY, name text)";
+
+/// Clients that leave with requests unanswered, over and over.
+const LEAVERS: usize = 150;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_leaving_mid_request_leave_nothing_behind() {
+    let seed = seed();
+    let mut rng = Rng(seed.max(1));
+    let db = TestDb::new().await;
+    db.setup(TABLES).await;
+    let daemon = db.daemon().await;
+    let handles = {
+        let mut c = daemon.connected().await;
+        vec![
+            c.prepare("SELECT id, name FROM t WHERE id = $1").await,
+            c.prepare(ALL_TYPES).await,
+        ]
+    };
+    let slow = json!({"op": "query", "sql": "SELECT pg_sleep(0.02)"});
+    for n in 0..LEAVERS {
+        let mut c = daemon.connected().await;
+        let len = 1 + rng.below(4);
+        let (mut run, mut bytes) = random_run(&mut rng, &handles, n * 4, len);
+        if rng.chance(40) {
+            // Something still running in PostgreSQL when the client goes.
+            let mut req = slow.clone();
+            req["id"] = json!(n);
+            bytes.extend_from_slice(&encode(&req));
+            run.push((n as i64, req, false));
+        }
+        c.send_raw(&bytes).await;
+        // Read some of the answers, maybe none, then leave: half of the time after shutting
+        // down only the writing side (the daemon still answers), else by closing.
+        for _ in 0..rng.below(run.len() + 1) {
+            c.recv().await;
+        }
+        if rng.chance(50) {
+            c.shutdown_write().await;
+        }
+        drop(c);
+    }
+
+    // Every pooled connection can be taken at once: none leaked, none stuck in a transaction
+    // (`pool_max` is 4, and a checkout waits at most 5 s).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = daemon.connected().await;
+        c.call_ok(json!({"op": "begin"})).await;
+        assert_eq!(
+            c.scalar("SELECT count(*) FROM t", json!([])).await,
+            json!(2)
+        );
+        held.push(c);
+    }
+    for mut c in held {
+        c.call_ok(json!({"op": "rollback"})).await;
+    }
+    // And nothing the leavers started is still running or open in PostgreSQL.
+    let admin = db.admin().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let busy: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND state <> 'idle'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if busy == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{busy} PostgreSQL connections still busy 5 s after the last client left (seed {seed})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     daemon.shutdown().await;
 }
