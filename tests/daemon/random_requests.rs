@@ -3,7 +3,9 @@
 //! before their answers are read. Each must get exactly one answer, in order, ok or an error
 //! with a code and a message; the connections must stay open, and the daemon must serve
 //! normally afterwards. Then clients that leave with requests unanswered, some still running
-//! in PostgreSQL, must leave no pooled connection taken and nothing running behind them.
+//! in PostgreSQL, must leave no pooled connection taken and nothing running behind them. And
+//! the same random requests again while the daemon's PostgreSQL connections are terminated one
+//! by one: still one answer each, and every client recovers.
 //!
 //! The generator is seeded (`QAIL_RANDOM_SEED`, else a fixed seed), so a failure names the
 //! seed and the request that broke it, and can be replayed (timing may still differ).
@@ -353,14 +355,20 @@ fn random_run(
     (run, bytes)
 }
 
-/// Sends `REQUESTS` random requests on `c`, in runs of 1 to 4 written before their answers are
+/// Sends `requests` random requests on `c`, in runs of 1 to 4 written before their answers are
 /// read, and checks every answer. `who` names the client and seed in failures.
-async fn drive(c: &mut RawClient, mut rng: Rng, handles: &[String], who: &str) -> Tally {
+async fn drive(
+    c: &mut RawClient,
+    mut rng: Rng,
+    handles: &[String],
+    requests: usize,
+    who: &str,
+) -> Tally {
     let mut tally = Tally::default();
     let mut n = 0;
-    while n < REQUESTS {
+    while n < requests {
         // A run of requests, all written before the first answer is read.
-        let len = (1 + rng.below(4)).min(REQUESTS - n);
+        let len = (1 + rng.below(4)).min(requests - n);
         let (run, bytes) = random_run(&mut rng, handles, n, len);
         tally.cut += run.iter().filter(|(_, _, cut)| *cut).count();
         let context = |k: usize| format!("{who}, request {}: {}", n + k, run[k].1);
@@ -423,7 +431,7 @@ async fn random_requests_are_each_answered_and_the_daemon_keeps_serving() {
         let rng = Rng((seed ^ (k << 48)).max(1));
         clients.push(tokio::spawn(async move {
             let who = format!("seed {seed}, client {k}");
-            let tally = drive(&mut client, rng, &handles, &who).await;
+            let tally = drive(&mut client, rng, &handles, REQUESTS, &who).await;
             (client, tally)
         }));
     }
@@ -553,5 +561,97 @@ async fn clients_leaving_mid_request_leave_nothing_behind() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_while_backends_are_terminated() {
+    let seed = seed();
+    let db = TestDb::new().await;
+    db.setup(TABLES).await;
+    let daemon = db.daemon().await;
+    let handles = {
+        let mut c = daemon.connected().await;
+        vec![
+            c.prepare("SELECT id, name FROM t WHERE id = $1").await,
+            c.prepare(ALL_TYPES).await,
+            c.prepare("SELECT id, name FROM t LIMIT $1").await,
+        ]
+    };
+    // Terminates one of the daemon's PostgreSQL connections every 20 ms or so, until told.
+    let admin = db.admin().await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let killer = tokio::spawn(async move {
+        let mut killed = 0;
+        loop {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM \
+                     pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+                     ORDER BY random() LIMIT 1) AS one",
+                    &[],
+                )
+                .await
+                .expect("terminating a backend")
+                .get(0);
+            killed += n;
+            tokio::select! {
+                _ = &mut stopped => return (killed, admin),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+        }
+    });
+
+    let mut clients = Vec::new();
+    for k in 0..2u64 {
+        let mut client = daemon.connected().await;
+        let handles = handles.clone();
+        let rng = Rng((seed ^ (k << 40)).max(1));
+        clients.push(tokio::spawn(async move {
+            let who = format!("seed {seed}, client {k}, backends being terminated");
+            drive(&mut client, rng, &handles, 800, &who).await;
+            client
+        }));
+    }
+    let mut done = Vec::new();
+    for handle in clients {
+        done.push(handle.await.expect("a client task failed"));
+    }
+    let _ = stop.send(());
+    let (killed, admin) = killer.await.expect("the killer task failed");
+    assert!(killed > 0, "no backend was terminated (seed {seed})");
+
+    // Every client recovers: its next statements succeed once the broken connections are
+    // replaced, and no PostgreSQL connection is left inside a transaction.
+    for mut c in done {
+        c.call(json!({"op": "rollback"})).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = c
+                .call(json!({"op": "query", "handle": handles[0], "params": [2]}))
+                .await;
+            if r["ok"] == json!(true) {
+                assert_eq!(r["rows"], json!([[2, "two"]]), "{r}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no recovery within 10 s after {killed} backends were terminated (seed {seed}): {r}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let open: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "connections left idle in a transaction");
+    eprintln!("seed {seed}: {killed} backends terminated");
     daemon.shutdown().await;
 }
