@@ -38,6 +38,25 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// An error of the `config` crate. Its key paths run an index into the next field
+    /// (`upstreams[0]pool_max`); they are written with the dot a config file would have.
+    fn parse(e: config::ConfigError) -> Self {
+        let text = e.to_string();
+        let mut out = String::with_capacity(text.len() + 4);
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            out.push(c);
+            if c == ']'
+                && chars
+                    .peek()
+                    .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+            {
+                out.push('.');
+            }
+        }
+        ConfigError::Parse(out)
+    }
+
     fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
@@ -597,7 +616,7 @@ impl Config {
         if !upstream_env.is_empty() {
             let names: Vec<String> = base
                 .build_cloned()
-                .map_err(|e| ConfigError::Parse(e.to_string()))?
+                .map_err(ConfigError::parse)?
                 .get::<Vec<NameOnly>>("upstreams")
                 .unwrap_or_default()
                 .into_iter()
@@ -612,18 +631,18 @@ impl Config {
                 };
                 builder = builder
                     .set_override(format!("upstreams[{index}].{key}"), value)
-                    .map_err(|e| ConfigError::Parse(e.to_string()))?;
+                    .map_err(ConfigError::parse)?;
             }
         }
         if let Some(socket) = env.get(SOCKET_ENV).filter(|s| !s.is_empty()) {
             builder = builder
                 .set_override("ipc.socket", socket.clone())
-                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+                .map_err(ConfigError::parse)?;
         }
         let cfg: Config = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+            .map_err(ConfigError::parse)?;
         cfg.resolved(env)
     }
 
@@ -851,6 +870,19 @@ mod tests {
             Some(Duration::from_secs(1800))
         );
         assert_eq!(c.upstreams[0].password().expose(), "s3cret");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_as_written() {
+        let text = format!("{MINIMAL}pool_max = \"eight\"\n");
+        let e = Config::from_toml_str(&text, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`upstreams[0].pool_max`"), "{e}");
+        let e = Config::from_toml_str(MINIMAL, &env(&[("QAIL_UPSTREAMS__MAIN__POOL_MAX", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstreams[0].pool_max"), "{e}");
     }
 
     #[test]
