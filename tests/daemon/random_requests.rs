@@ -13,7 +13,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::support::client::{encode, RawClient};
-use crate::support::TestDb;
+use crate::support::{TestDaemon, TestDb};
 
 /// Requests per client, and clients at once: a few seconds on two cores.
 const REQUESTS: usize = 1500;
@@ -404,16 +404,8 @@ async fn drive(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_are_each_answered_and_the_daemon_keeps_serving() {
     let seed = seed();
-    let db = TestDb::new().await;
-    db.setup(TABLES).await;
-    let daemon = db.daemon().await;
-    let mut c = daemon.connected().await;
-    let handles = vec![
-        c.prepare("SELECT id, name FROM t WHERE id = $1").await,
-        c.prepare(ALL_TYPES).await,
-        c.prepare("SELECT id, name FROM t LIMIT $1").await,
-        "h_no_such_handle".to_string(),
-    ];
+    let (db, daemon, mut handles) = start().await;
+    handles.push("h_no_such_handle".to_string());
 
     // Clients at once, so random work meets on shared connections too.
     let mut clients = Vec::new();
@@ -480,6 +472,21 @@ async fn assert_no_open_transaction(admin: &tokio_postgres::Client) {
 const TABLES: &str = "CREATE TABLE t (id int PRIMARY KEY, name text); \
     INSERT INTO t VALUES (1, 'one'), (2, 'two'); CREATE TABLE w (id int PRIMARY KEY, name text)";
 
+/// A fresh database with the test's tables, a daemon on it, and the handles of three
+/// statements prepared there (`handles[0]` reads one row of `t` by id).
+async fn start() -> (TestDb, TestDaemon, Vec<String>) {
+    let db = TestDb::new().await;
+    db.setup(TABLES).await;
+    let daemon = db.daemon().await;
+    let mut c = daemon.connected().await;
+    let handles = vec![
+        c.prepare("SELECT id, name FROM t WHERE id = $1").await,
+        c.prepare(ALL_TYPES).await,
+        c.prepare("SELECT id, name FROM t LIMIT $1").await,
+    ];
+    (db, daemon, handles)
+}
+
 /// Clients that leave with requests unanswered, over and over.
 const LEAVERS: usize = 150;
 
@@ -487,16 +494,7 @@ const LEAVERS: usize = 150;
 async fn clients_leaving_mid_request_leave_nothing_behind() {
     let seed = seed();
     let mut rng = Rng(seed.max(1));
-    let db = TestDb::new().await;
-    db.setup(TABLES).await;
-    let daemon = db.daemon().await;
-    let handles = {
-        let mut c = daemon.connected().await;
-        vec![
-            c.prepare("SELECT id, name FROM t WHERE id = $1").await,
-            c.prepare(ALL_TYPES).await,
-        ]
-    };
+    let (db, daemon, handles) = start().await;
     let slow = json!({"op": "query", "sql": "SELECT pg_sleep(0.02)"});
     for n in 0..LEAVERS {
         let mut c = daemon.connected().await;
@@ -564,17 +562,7 @@ async fn clients_leaving_mid_request_leave_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_while_backends_are_terminated() {
     let seed = seed();
-    let db = TestDb::new().await;
-    db.setup(TABLES).await;
-    let daemon = db.daemon().await;
-    let handles = {
-        let mut c = daemon.connected().await;
-        vec![
-            c.prepare("SELECT id, name FROM t WHERE id = $1").await,
-            c.prepare(ALL_TYPES).await,
-            c.prepare("SELECT id, name FROM t LIMIT $1").await,
-        ]
-    };
+    let (db, daemon, handles) = start().await;
     // Terminates one of the daemon's PostgreSQL connections every 20 ms or so, until told.
     let admin = db.admin().await;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
