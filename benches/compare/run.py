@@ -598,7 +598,7 @@ def run_modes(run: Run, modes: list[Mode], pg: Any, bouncer: Any, daemon_bin: Pa
         profiled = [m for m in runnable if m.key in PROFILED]
         if not profiled:
             run.failures.append(f"--profile: none of {', '.join(PROFILED)} was run")
-        profile_daemon(run, profiled, measure, daemon)
+        run_profiles(run, profiled, measure, daemon)
 
     for m in runnable:
         entry: dict[str, Any] = {
@@ -646,7 +646,7 @@ def measure_native(run: Run, argv: list[str], roots: dict[str, int]) -> dict[str
     return measured
 
 
-def profile_daemon(run: Run, modes: list[Mode], measure: Callable[..., dict[str, Any]],
+def run_profiles(run: Run, modes: list[Mode], measure: Callable[..., dict[str, Any]],
                    daemon: Any) -> None:
     """--profile: one extra run of each mode with `perf record` for its window (PROFILED)."""
     perf = shutil.which("perf")
@@ -704,8 +704,8 @@ def profile_one(run: Run, perf: str, m: Mode, measure: Callable[..., dict[str, A
     who = "every CPU (perf record -a)" if system else "qail-daemon"
     lines = [
         f"# {who} under perf: {m.label} ({m.key})",
-        f"# perf record -g -e cpu-clock -D -1 --control fifo:CTL,ACK {' '.join(target[:1])}"
-        f"{'' if system else ' <qail-daemon pid>'}: events enabled for the timed window only",
+        f"# perf record -g -e cpu-clock -D -1 --control fifo:CTL,ACK "
+        f"{'-a' if system else '-p <qail-daemon pid>'}: events enabled for the timed window only",
         f"# one extra run after the measured ones, {run.args.warmup:g} s warm-up + "
         f"{run.args.duration:g} s; commit {run.results['machine'].get('qail-daemon', '?')}, "
         f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
